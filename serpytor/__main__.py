@@ -1,0 +1,7 @@
+"""``python -m serpytor`` is the ``serpytor`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

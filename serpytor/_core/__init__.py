@@ -1,0 +1,1 @@
+"""Compiled kernels (scheduling and context merge), each beside a pure-Python reference."""

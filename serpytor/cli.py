@@ -1,0 +1,192 @@
+"""Command-line entry points: ``serpytorc`` (compile) and ``serpytor`` (subcommands).
+
+A user error prints one diagnostic and exits with status 1; a usage error exits with
+status 2 (argparse); the Python traceback is shown only with ``-v``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .compiler import build_ir, compile_ast
+from .compiler.kinds import ChannelKind
+from .compiler.plan import Plan
+from .dsl.parser import parse_file
+from .errors import SerpytorError
+
+EMIT_CHOICES = ("ast", "ir", "plan", "dot", "context")
+
+
+class UserError(SerpytorError):
+    """A bad path or argument found by the CLI itself."""
+
+
+# ---- serpytorc ----------------------------------------------------------------------
+def add_compile_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("pipelines", nargs="+", metavar="PIPELINE.spg", help="pipelines to compile")
+    parser.add_argument("-o", "--output", metavar="PATH", help="where to write the plan "
+                        "(default: PIPELINE.spgc beside the source; one pipeline only)")
+    parser.add_argument("--check", action="store_true", help="check only, write nothing")
+    parser.add_argument("--emit", choices=EMIT_CHOICES, help="print an intermediate stage "
+                        "instead of writing the plan")
+    parser.add_argument("--explain", metavar="VERTEX", help="print every context fact "
+                        "reaching VERTEX, where it comes from, and whether it is used")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show Python tracebacks for errors")
+
+
+def compile_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if args.output and len(args.pipelines) > 1:
+        parser.error("-o/--output takes one pipeline")
+    for path in args.pipelines:
+        compile_one(Path(path), args)
+    return 0
+
+
+def compile_one(path: Path, args: argparse.Namespace) -> None:
+    pipeline = _parse(path)
+    if args.emit in ("ast", "ir"):
+        print(_pretty_ast(pipeline) if args.emit == "ast" else str(build_ir(pipeline)), end="")
+        return
+    plan = compile_ast(pipeline)
+    if args.emit:
+        print(EMITTERS[args.emit](plan))
+    elif args.explain:
+        print(explain(plan, args.explain))
+    elif args.check:
+        print(f"{path}: ok: {plan.summary()}")
+    else:
+        output = Path(args.output) if args.output else path.with_suffix(".spgc")
+        plan.save(output)
+        print(f"{output}: {plan.summary()}")
+
+
+def _parse(path: Path):
+    try:
+        return parse_file(path)
+    except OSError as error:
+        raise UserError(f"{path}: error: cannot read the pipeline: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path}: error: the pipeline is not UTF-8 text ({error.reason})") from None
+
+
+def _pretty_ast(pipeline) -> str:
+    import pprint
+
+    return pprint.pformat(pipeline, width=100, sort_dicts=False) + "\n"
+
+
+# ---- emitters -----------------------------------------------------------------------
+def emit_plan_json(plan: Plan) -> str:
+    group_names = [g["name"] for g in plan.groups]
+    vertices = []
+    for v in range(plan.n_vertices):
+        template = plan.vertex_template(v)
+        group = int(plan.arrays["vertex_group"][v])
+        vertices.append({"name": plan.vertex_name(v),
+                         "function": f"{template['module']}:{template['function']}",
+                         "partition": int(plan.arrays["vertex_partition"][v]),
+                         "group": group_names[group] if group >= 0 else None})
+    edges = [{"src": s, "dst": d, "channel": str(c)} for s, d, c in plan.edges()]
+    return json.dumps({"vertices": vertices, "edges": edges}, indent=1)
+
+
+def emit_context_json(plan: Plan) -> str:
+    contexts = {plan.vertex_name(v): plan.static_context(v) for v in range(plan.n_vertices)}
+    return json.dumps(contexts, indent=1, default=repr)
+
+
+def emit_dot(plan: Plan) -> str:
+    lines = [f'digraph "{plan.pipeline}" {{', "  rankdir=LR;", "  node [shape=box];"]
+    groups = plan.arrays["vertex_group"]
+    for index, group in enumerate(plan.groups):
+        lines.append(f'  subgraph "cluster_{group["name"]}" {{')
+        lines.append(f'    label="{group["name"]}"; style=dashed;')
+        lines += [f'    "{plan.vertex_name(int(v))}";' for v in (groups == index).nonzero()[0]]
+        lines.append("  }")
+    for src, dst, channel in plan.edges():
+        label = "" if channel is ChannelKind.AUTO else f' [label="{channel}"]'
+        lines.append(f'  "{src}" -> "{dst}"{label};')
+    lines.append("}")
+    return "\n".join(lines)
+
+
+EMITTERS: dict[str, Callable[[Plan], str]] = {
+    "plan": emit_plan_json, "context": emit_context_json, "dot": emit_dot,
+}
+
+
+def explain(plan: Plan, vertex: str) -> str:
+    try:
+        v = plan.index_of(vertex)
+    except KeyError:
+        raise UserError(f"error: no vertex named '{vertex}' in pipeline '{plan.pipeline}' "
+                        f"(vertices are named like {plan.vertex_name(0)!r})") from None
+    facts = plan.meta["facts"]
+    nearest = plan.meta["contexts"][int(plan.arrays["vertex_context"][v])]
+    reaching = [i for i, f in enumerate(facts)
+                if plan.origin_name(f["origin"]) in set(plan.origins(v))]
+    lines = [f"{vertex}: {len(reaching)} fact(s) reach it from "
+             f"{', '.join(plan.origins(v))}"]
+    for i in reaching:
+        fact = facts[i]
+        line = f"line {fact['line']}" if fact["line"] else "no line"
+        status = _fact_status(plan, i, nearest.get(fact["key"], []))
+        lines.append(f"  {fact['key']} = {fact['value']!r}  from {plan.origin_name(fact['origin'])}"
+                     f" ({plan.meta['filename']}:{line.removeprefix('line ')})  {status}")
+    return "\n".join(lines)
+
+
+def _fact_status(plan: Plan, fact: int, nearest_ids: list[int]) -> str:
+    if fact in nearest_ids:
+        return "used" if len(nearest_ids) == 1 else "used (agrees with a parallel branch)"
+    by = ", ".join(plan.origin_name(plan.meta["facts"][i]["origin"]) for i in nearest_ids)
+    return f"overridden by {by}"
+
+
+# ---- entry points -------------------------------------------------------------------
+def run_guarded(function: Callable[[], int], verbose: bool) -> int:
+    """Run a command; user errors print one diagnostic and return 1."""
+    try:
+        return function()
+    except SerpytorError as error:
+        if verbose:
+            traceback.print_exc()
+        print(str(error), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1
+
+
+def compiler_main(argv: Sequence[str] | None = None) -> int:
+    """``serpytorc``: compile .spg pipelines into .spgc plans."""
+    parser = argparse.ArgumentParser(prog="serpytorc", description=compiler_main.__doc__)
+    add_compile_arguments(parser)
+    args = parser.parse_args(argv)
+    return run_guarded(lambda: compile_command(args, parser), args.verbose)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``serpytor``: compile and (with the runtime) run pipelines."""
+    parser = argparse.ArgumentParser(prog="serpytor", description=main.__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    compile_parser = commands.add_parser("compile", help="compile pipelines (as serpytorc)")
+    add_compile_arguments(compile_parser)
+    args = parser.parse_args(argv)
+    handlers: dict[str, Callable[[], int]] = {
+        "compile": lambda: compile_command(args, compile_parser),
+    }
+    return run_guarded(handlers[args.command], getattr(args, "verbose", False))
+
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
