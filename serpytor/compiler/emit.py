@@ -71,6 +71,7 @@ def template_meta(t: Template) -> dict[str, Any]:
         "function": t.function.qualname,
         "arguments": [[name, value] for name, value in t.arguments],
         "width": t.width, "first": t.first, "flags": int(t.flags), "timeout": t.timeout,
+        "facts": [{"key": f.key, "value": f.value, "line": _line(f.span)} for f in t.facts],
         "aggregate": None if t.aggregate is None else {
             "form": t.aggregate.form, "fan_in": t.aggregate.fan_in,
             "functions": {k: [r.module, r.qualname] for k, r in t.aggregate.functions.items()},

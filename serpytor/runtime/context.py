@@ -1,0 +1,251 @@
+"""Context at run time: static facts from the plan plus facts vertices publish.
+
+The compiler resolved every vertex's *static* context. While a job runs, a vertex may
+``context.publish(key, value)``; those facts reach its descendants (and, through its
+union node, its group) by the same rules (DESIGN.md section 3). The tracker computes
+them without the ancestor relation of arbitrary vertices, by carrying, per context
+node, a :class:`PublishedState`:
+
+* ``live``: published facts still visible, ``{fact id: (key, value, origin vertex)}``;
+* ``shadowed``: ids of published facts some nearer origin overrode.
+
+Merging parents is the union of ``live`` minus the union of ``shadowed`` (a fact
+overridden on any path is overridden: its origin is an ancestor of the overriding one).
+A node's own facts (static keys of its members, then facts its members publish)
+shadow the inherited live facts with the same key; members stand side by side.
+
+A lookup of ``key`` takes the live published facts for the key and the static nearest
+facts not overridden by them (a static origin is overridden by a published fact when
+it reaches the publisher). One distinct value: the value; several: AmbiguousContextError.
+Published values travel on the control plane, so they must be JSON data.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from ..compiler.plan import Plan
+from ..errors import AmbiguousContextError, SerpytorError
+
+
+class ContextPublishError(SerpytorError, TypeError):
+    """A vertex published a context value that is not JSON data (str, number, bool,
+    None, list, dict with string keys). Publish a plain value instead."""
+
+
+@dataclass(frozen=True)
+class ContextFact:
+    """One fact reaching a vertex: ``origin`` is a vertex name or ``"context"``."""
+
+    key: str
+    value: Any
+    origin: str
+    nearest: bool = True
+
+
+@dataclass
+class PublishedState:
+    """Published facts visible at a context node (see the module docstring)."""
+
+    live: dict[int, tuple[str, Any, int]] = field(default_factory=dict)
+    shadowed: set[int] = field(default_factory=set)
+
+    @classmethod
+    def merge(cls, states: list["PublishedState"]) -> "PublishedState":
+        if len(states) == 1:
+            return cls(dict(states[0].live), set(states[0].shadowed))
+        shadowed = set().union(*(s.shadowed for s in states)) if states else set()
+        live = {i: f for s in states for i, f in s.live.items() if i not in shadowed}
+        return cls(live, shadowed)
+
+    def shadow_keys(self, keys: set[str], side_by_side: set[int] = frozenset()) -> None:
+        """Own facts for ``keys`` override the inherited ones; facts published by the
+        vertices in ``side_by_side`` (the node's own members) are not inherited."""
+        for fact_id in [i for i, (k, _, o) in self.live.items()
+                        if k in keys and o not in side_by_side]:
+            del self.live[fact_id]
+            self.shadowed.add(fact_id)
+
+
+class Context(Mapping[str, Any]):
+    """A vertex's context: a read-only mapping with nearest-origin lookup.
+
+    ``context[key]`` gives the value; several disagreeing nearest facts raise
+    :class:`AmbiguousContextError`; a missing key raises ``KeyError``.
+    ``facts(key)`` lists every fact with that key reaching the vertex, with its origin.
+    ``publish(key, value)`` adds a fact whose origin is this vertex.
+    """
+
+    def __init__(self, vertex: str, facts: list[ContextFact],
+                 on_publish: Callable[[str, Any], None] | None = None) -> None:
+        self._vertex = vertex
+        self._facts = facts
+        self._published: dict[str, Any] = {}
+        self._on_publish = on_publish
+
+    @property
+    def vertex(self) -> str:
+        return self._vertex
+
+    def __getitem__(self, key: str) -> Any:
+        if key in self._published:
+            return self._published[key]
+        nearest = [f for f in self._facts if f.key == key and f.nearest]
+        if not nearest:
+            raise KeyError(key)
+        values = _distinct([f.value for f in nearest])
+        if len(values) > 1:
+            raise AmbiguousContextError(key, [(f.origin, f.value) for f in nearest])
+        return values[0]
+
+    def __iter__(self) -> Iterator[str]:
+        keys = dict.fromkeys(itertools.chain((f.key for f in self._facts), self._published))
+        return iter(keys)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def facts(self, key: str) -> list[ContextFact]:
+        own = [ContextFact(key, self._published[key], self._vertex)] if key in self._published else []
+        inherited = [f if not own else ContextFact(f.key, f.value, f.origin, False)
+                     for f in self._facts if f.key == key]
+        return own + inherited
+
+    def publish(self, key: str, value: Any) -> None:
+        """Add the fact ``(key, value, this vertex)``; it reaches the descendants."""
+        if not isinstance(key, str):
+            raise ContextPublishError(f"context keys are strings, got {type(key).__name__}")
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError) as error:
+            raise ContextPublishError(
+                f"vertex {self._vertex} published {key}={value!r}, which is not JSON data "
+                f"({error})") from None
+        self._published[key] = value
+        if self._on_publish is not None:
+            self._on_publish(key, value)
+
+    @property
+    def published(self) -> dict[str, Any]:
+        return dict(self._published)
+
+    def __repr__(self) -> str:
+        return f"<Context of {self._vertex}: {sorted(self)}>"
+
+
+def _distinct(values: list[Any]) -> list[Any]:
+    seen: dict[str, Any] = {}
+    for value in values:
+        seen.setdefault(json.dumps(value, sort_keys=True, default=repr), value)
+    return list(seen.values())
+
+
+class ContextTracker:
+    """Computes each vertex's run-time context from the plan and published facts."""
+
+    def __init__(self, plan: Plan, origin_overrides: Mapping[str, Any] | None = None) -> None:
+        self.plan = plan
+        self.states: dict[int, PublishedState] = {}  # per context node, once computed
+        self.next_fact = itertools.count()
+        self.overrides = dict(origin_overrides or {})
+        node = plan.arrays["vertex_node"]
+        self.node_members = _members_by_node(node)
+        self.node_parents = _context_parents(plan, node)
+        self.static_keys = {n: _static_keys(plan, vs) for n, vs in self.node_members.items()}
+
+    # -- published state per context node ----------------------------------------------
+    def state(self, node: int) -> PublishedState:
+        if node not in self.states:
+            parents = [self.state(p) for p in self.node_parents.get(node, ())]
+            state = PublishedState.merge(parents)
+            state.shadow_keys(self.static_keys[node])
+            self.states[node] = state
+        return self.states[node]
+
+    def record_published(self, vertex: int, facts: Mapping[str, Any]) -> None:
+        """Facts vertex published while running: they shadow inherited ones."""
+        if not facts:
+            return
+        node = int(self.plan.arrays["vertex_node"][vertex])
+        state = self.state(node)
+        # a group member's facts override inherited ones, never its fellow members'
+        state.shadow_keys(set(facts), self.node_members[node])
+        for key, value in facts.items():
+            state.live[next(self.next_fact)] = (key, value, vertex)
+
+    # -- the context a vertex sees ----------------------------------------------------
+    def context_for(self, vertex: int, on_publish=None) -> Context:
+        return Context(self.plan.vertex_name(vertex), self.facts_for(vertex), on_publish)
+
+    def facts_for(self, vertex: int) -> list[ContextFact]:
+        plan = self.plan
+        node = int(plan.arrays["vertex_node"][vertex])
+        live = list(self.state(node).live.values())
+        published_keys = {k for k, _, _ in live}
+        facts = [ContextFact(k, v, plan.vertex_name(o)) for k, v, o in live]
+        nearest_ids = {i for ids in plan.meta["contexts"][int(plan.arrays["vertex_context"][vertex])].values()
+                       for i in ids}
+        for fact_id, fact in enumerate(plan.meta["facts"]):
+            if fact["origin"] not in self._reaching_origins(vertex):
+                continue
+            key = fact["key"]
+            value = self.overrides.get(key, fact["value"]) if fact["origin"] == 0 else fact["value"]
+            is_nearest = fact_id in nearest_ids and not self._overridden(fact, live, published_keys)
+            facts.append(ContextFact(key, value, plan.origin_name(fact["origin"]), is_nearest))
+        known = {f.key for f in facts}
+        facts += [ContextFact(k, v, "context") for k, v in self.overrides.items() if k not in known]
+        return facts
+
+    def _reaching_origins(self, vertex: int) -> set[int]:
+        row = self.plan.arrays["node_reach"][int(self.plan.arrays["vertex_node"][vertex])]
+        bits = np.unpackbits(row.view(np.uint8), bitorder="little")
+        return set(np.flatnonzero(bits).tolist())
+
+    def _overridden(self, fact: dict, live, published_keys: set[str]) -> bool:
+        """A static fact loses to a live published fact whose publisher it reaches."""
+        if fact["key"] not in published_keys:
+            return False
+        static_origin = fact["origin"]
+        for key, _, publisher in live:
+            if key != fact["key"]:
+                continue
+            if static_origin in self._inherited_origins(publisher):
+                return True
+        return False
+
+    def _inherited_origins(self, vertex: int) -> set[int]:
+        """Static origins that precede ``vertex`` (its own group's members excluded)."""
+        origins = self._reaching_origins(vertex)
+        members = self.node_members[int(self.plan.arrays["vertex_node"][vertex])]
+        origin_vertex = self.plan.arrays["origin_vertex"]
+        own = {o for o in origins if int(origin_vertex[o]) in members}
+        return origins - own
+
+
+def _members_by_node(node: np.ndarray) -> dict[int, set[int]]:
+    members: dict[int, set[int]] = {}
+    for v, n in enumerate(node.tolist()):
+        members.setdefault(n, set()).add(v)
+    return members
+
+
+def _context_parents(plan: Plan, node: np.ndarray) -> dict[int, list[int]]:
+    src, dst = node[plan.arrays["edge_src"]], node[plan.arrays["edge_dst"]]
+    parents: dict[int, set[int]] = {}
+    for p, c in zip(src.tolist(), dst.tolist()):
+        if p != c:
+            parents.setdefault(c, set()).add(p)
+    return {c: sorted(ps) for c, ps in parents.items()}
+
+
+def _static_keys(plan: Plan, vertices: set[int]) -> set[str]:
+    keys: set[str] = set()
+    for v in vertices:
+        keys.update(f["key"] for f in plan.templates[int(plan.arrays["vertex_template"][v])].get("facts", []))
+    return keys

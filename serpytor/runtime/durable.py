@@ -1,0 +1,77 @@
+"""Durable execution for one run: journal keys, reuse, and recording.
+
+Used by every executor the same way: before a vertex runs, :meth:`Durability.lookup`
+computes its key from its parents' output digests and its context, and returns the
+journal record if the vertex can be reused; after it runs, :meth:`Durability.record`
+stores the output and journals it. A reused output is not read until a vertex that
+runs needs it (:class:`StoredOutput`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..compiler.kinds import VertexFlag
+from ..compiler.plan import Plan
+from .identity import vertex_key, vertex_key_parts
+from .journal import Journal, JournalRecord
+from .store import OutputStore
+
+
+@dataclass(frozen=True)
+class StoredOutput:
+    """An output in the store, read on first use."""
+
+    path: str
+    digest: str
+
+
+class Durability:
+    def __init__(self, plan: Plan, journal: Journal | None, store: OutputStore | None,
+                 fresh: bool = False) -> None:
+        self.plan = plan
+        self.journal = journal
+        self.store = store
+        self.fresh = fresh
+        self.digests: dict[int, str] = {}
+        self.keys: dict[int, tuple[str, dict[str, str]]] = {}
+
+    @property
+    def enabled(self) -> bool:
+        return self.journal is not None
+
+    def lookup(self, vertex: int, context_facts: list[Any]) -> JournalRecord | None:
+        """Compute vertex's key; the journal record to reuse, if any."""
+        if not self.enabled:
+            return None
+        plan = self.plan
+        inputs = [(plan.vertex_name(p), self.digests[p]) for p in plan.predecessors(vertex).tolist()]
+        parts = vertex_key_parts(plan, vertex, inputs, context_facts)
+        key = vertex_key(parts)
+        self.keys[vertex] = (key, parts)
+        if self.fresh or plan.flags(vertex) & VertexFlag.VOLATILE:
+            return None
+        record = self.journal.lookup(key)
+        if record is None or not self.store.exists(record.output):
+            return None
+        self.digests[vertex] = record.output_digest
+        return record
+
+    def record(self, vertex: int, value: Any, published: dict[str, Any], seconds: float) -> None:
+        if not self.enabled:
+            return
+        key, parts = self.keys[vertex]
+        name = self.plan.vertex_name(vertex)
+        path, digest, _ = self.store.put(key, name, value)
+        self.digests[vertex] = digest
+        self.journal.record(key, self.plan.pipeline, name, parts, path, digest, published, seconds)
+
+    def load(self, value: Any) -> Any:
+        if isinstance(value, StoredOutput):
+            return self.store.get(value.path, value.digest)
+        return value
+
+    def close(self) -> None:
+        if self.journal is not None:
+            self.journal.close()
