@@ -149,6 +149,122 @@ def _fact_status(plan: Plan, fact: int, nearest_ids: list[int]) -> str:
     return f"overridden by {by}"
 
 
+# ---- serpytor run / explain ------------------------------------------------------------
+def add_journal_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--journal", metavar="DIR", help="journal directory (default: "
+                        ".serpytor/ beside the pipeline)")
+    parser.add_argument("--no-journal", action="store_true", help="record nothing, reuse nothing")
+    parser.add_argument("--fresh", action="store_true", help="ignore what the journal holds")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show Python tracebacks for errors")
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("pipeline", metavar="PIPELINE", help="a .spg or .spgc file")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--inline", action="store_true", help="run in this process, one "
+                      "vertex at a time (debugging)")
+    mode.add_argument("--servers", metavar="ADDR,...", type=_address_list,
+                      help="run on servers started with `serpytor server`")
+    parser.add_argument("--workers", metavar="N", type=_positive_int,
+                        help="local servers to start (default: the core count)")
+    parser.add_argument("--durable", action="store_true", help="fsync every output")
+    parser.add_argument("--keep-going", action="store_true", help="after a failure, finish "
+                        "everything not downstream of it")
+    parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
+                        type=_assignment, help="override an origin-context fact "
+                        "(VALUE is JSON, or a plain string)")
+    parser.add_argument("--output", choices=("text", "json"), default="text",
+                        help="how to print the results")
+    add_journal_arguments(parser)
+
+
+def add_explain_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("pipeline", metavar="PIPELINE", help="a .spg or .spgc file")
+    parser.add_argument("vertex", metavar="VERTEX", help="a vertex name, e.g. count[3]")
+    add_journal_arguments(parser)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
+    return value
+
+
+def _address_list(text: str) -> list[str]:
+    addresses = [a.strip() for a in text.split(",") if a.strip()]
+    for address in addresses:
+        if not address.startswith(("tcp://", "ipc://")):
+            raise argparse.ArgumentTypeError(f"{address!r} is not an address like "
+                                             "tcp://HOST:PORT")
+    if not addresses:
+        raise argparse.ArgumentTypeError("no server address given")
+    return addresses
+
+
+def _assignment(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
+
+
+def run_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .runtime.api import run
+
+    result = run(args.pipeline, inline=args.inline, workers=args.workers,
+                 servers=args.servers, journal=False if args.no_journal else args.journal,
+                 fresh=args.fresh, durable=args.durable, overrides=dict(args.set),
+                 keep_going=args.keep_going)
+    if args.output == "json":
+        print(json.dumps({"outputs": {k: _jsonable(v) for k, v in result.outputs.items()},
+                          "stats": result.stats}))
+    else:
+        for name, value in result.outputs.items():
+            print(f"{name}: {value!r}")
+        stats = result.stats
+        print(f"{stats['vertices']} vertices: {stats['executed']} executed, "
+              f"{stats['reused']} reused, {stats['failed_attempts']} failed attempts "
+              f"in {stats['seconds']:.2f} s", file=sys.stderr)
+    if result.error is not None:
+        print(str(result.error), file=sys.stderr)
+        return 1
+    return 0
+
+
+def _jsonable(value: Any) -> Any:
+    try:
+        json.dumps(value)
+        return value
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def explain_command(args: argparse.Namespace) -> int:
+    from .runtime.api import load_pipeline, open_durability
+    from .runtime.explain import explain_vertex
+
+    plan = load_pipeline(args.pipeline)
+    try:
+        vertex = plan.index_of(args.vertex)
+    except KeyError as error:
+        raise UserError(f"error: {error.args[0]}") from None
+    durability = open_durability(plan, args.pipeline, False if args.no_journal else args.journal,
+                                 args.fresh, False)
+    try:
+        print(explain_vertex(plan, durability, vertex))
+    finally:
+        durability.close()
+    return 0
+
+
 # ---- entry points -------------------------------------------------------------------
 def run_guarded(function: Callable[[], int], verbose: bool) -> int:
     """Run a command; user errors print one diagnostic and return 1."""
@@ -175,14 +291,21 @@ def compiler_main(argv: Sequence[str] | None = None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``serpytor``: compile and (with the runtime) run pipelines."""
+    """``serpytor``: compile and run pipelines."""
     parser = argparse.ArgumentParser(prog="serpytor", description=main.__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     compile_parser = commands.add_parser("compile", help="compile pipelines (as serpytorc)")
     add_compile_arguments(compile_parser)
+    run_parser = commands.add_parser("run", help="run a pipeline")
+    add_run_arguments(run_parser)
+    explain_parser = commands.add_parser("explain", help="say why a vertex would be "
+                                         "reused or re-run")
+    add_explain_arguments(explain_parser)
     args = parser.parse_args(argv)
     handlers: dict[str, Callable[[], int]] = {
         "compile": lambda: compile_command(args, compile_parser),
+        "run": lambda: run_command(args, run_parser),
+        "explain": lambda: explain_command(args),
     }
     return run_guarded(handlers[args.command], getattr(args, "verbose", False))
 

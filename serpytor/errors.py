@@ -148,3 +148,47 @@ class AmbiguousContextError(SerpytorError, KeyError):
 class PlanFormatError(SerpytorError):
     """A ``.spgc`` file is not a plan this version can read (wrong magic, version or
     a damaged array). Recompile the ``.spg`` with ``serpytorc``."""
+
+
+class RemoteTaskError(SerpytorError):
+    """A vertex function raised. The exception is also an instance of the original
+    exception's type (when that type allows it), so ``except ValueError`` still works;
+    ``vertex``, ``line`` and ``remote_traceback`` say where and why."""
+
+    vertex: str = ""
+    line: int | None = None
+    remote_traceback: str = ""
+    original_type: str = ""
+
+    def __str__(self) -> str:
+        where = f" (line {self.line})" if self.line else ""
+        return (f"vertex {self.vertex}{where} failed: {self.original_type}: "
+                f"{self.args[0] if self.args else ''}")
+
+
+_REMOTE_TYPES: dict[type, type] = {}
+
+
+def remote_task_error(original: type[BaseException], message: str, vertex: str,
+                      line: int | None, traceback_text: str,
+                      type_name: str | None = None) -> RemoteTaskError:
+    """Build an exception that is both a RemoteTaskError and an ``original``."""
+    cls = _REMOTE_TYPES.get(original)
+    if cls is None:
+        try:
+            cls = type(f"Remote{original.__name__}", (RemoteTaskError, original), {})
+            cls(message)  # some types need other constructor arguments
+        except TypeError:
+            cls = RemoteTaskError
+        _REMOTE_TYPES[original] = cls
+    error = cls(message)
+    error.vertex = vertex
+    error.line = line
+    error.remote_traceback = traceback_text
+    error.original_type = type_name or original.__name__
+    return error
+
+
+class VertexTimeoutError(SerpytorError, TimeoutError):
+    """A vertex ran past its ``timeout``. Raise the timeout in the .spg or make the
+    function faster."""

@@ -27,6 +27,7 @@ class RunResult:
     vertices: dict[str, VertexRecord] = field(default_factory=dict)
     seconds: float = 0.0
     failed_attempts: int = 0
+    error: BaseException | None = None  # the first failure, with keep_going
 
     def count(self, status: str) -> int:
         return sum(1 for r in self.vertices.values() if r.status == status)

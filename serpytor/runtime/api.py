@@ -1,0 +1,69 @@
+"""``serpytor.run``: execute a Plan (or a ``.spg`` / ``.spgc`` path) and return a
+:class:`RunResult`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+from ..compiler import compile_path
+from ..compiler.plan import Plan
+from ..errors import SerpytorError
+from .durable import Durability
+from .inline import run_inline
+from .journal import Journal
+from .result import RunResult
+from .store import OutputStore
+
+
+class RunConfigError(SerpytorError):
+    """The run was asked for something inconsistent (e.g. both --inline and --servers)."""
+
+
+def load_pipeline(pipeline: Plan | str | Path) -> Plan:
+    """A Plan from a Plan, a ``.spgc`` file or a ``.spg`` file."""
+    if isinstance(pipeline, Plan):
+        return pipeline
+    path = Path(pipeline)
+    if path.suffix == ".spgc":
+        return Plan.load(path)
+    return compile_path(path)
+
+
+def default_journal_dir(plan: Plan, pipeline: Plan | str | Path) -> Path:
+    """``.serpytor/`` beside the pipeline file (the working directory for a Plan)."""
+    source = Path(pipeline) if not isinstance(pipeline, Plan) else Path(plan.meta.get("filename", ""))
+    base = source.parent if source.name and not str(source).startswith("<") else Path.cwd()
+    return base / ".serpytor"
+
+
+def open_durability(plan: Plan, pipeline: Plan | str | Path, journal: str | Path | None | bool,
+                    fresh: bool, durable: bool) -> Durability:
+    if journal is False:
+        return Durability(plan, None, None)
+    directory = Path(journal) if journal not in (None, True) else default_journal_dir(plan, pipeline)
+    return Durability(plan, Journal(directory), OutputStore(directory, durable), fresh)
+
+
+def run(pipeline: Plan | str | Path, *, inline: bool = False, workers: int | None = None,
+        servers: list[str] | None = None, journal: str | Path | None | bool = None,
+        fresh: bool = False, durable: bool = False,
+        overrides: Mapping[str, Any] | None = None, keep_going: bool = False) -> RunResult:
+    """Run a pipeline and return its :class:`RunResult`.
+
+    ``inline=True`` runs in this process; otherwise the gateway runs here with
+    ``workers`` local servers (default: the core count), or with ``servers`` started
+    elsewhere. ``journal``: a directory, ``None`` for ``.serpytor/`` beside the
+    pipeline, ``False`` for none. ``fresh`` ignores what the journal holds;
+    ``durable`` fsyncs outputs; ``overrides`` replace origin-context facts.
+    """
+    plan = load_pipeline(pipeline)
+    if inline and servers:
+        raise RunConfigError("choose --inline or --servers, not both")
+    durability = open_durability(plan, pipeline, journal, fresh, durable)
+    if inline:
+        return run_inline(plan, durability, overrides, keep_going)
+    from .gateway import run_distributed
+
+    return run_distributed(plan, durability, overrides, keep_going, workers=workers,
+                           servers=servers)
