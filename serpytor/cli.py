@@ -247,6 +247,49 @@ def _jsonable(value: Any) -> Any:
         return repr(value)
 
 
+def add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bind", metavar="ADDR", default="tcp://127.0.0.1:*",
+                        help="control address, e.g. tcp://127.0.0.1:5555 (port * picks one)")
+    parser.add_argument("--name", help="the server's name in logs and status")
+    parser.add_argument("--admit", metavar="MODULE:FUNCTION", help="admission hook "
+                        "admit(plan, vertex) -> True, False or a reason string")
+    parser.add_argument("--allow", metavar="MODULE,...", help="run only functions of "
+                        "these modules (and their submodules)")
+    parser.add_argument("--store", metavar="DIR", help="where journaled outputs are stored "
+                        "(default: the gateway's journal directory)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log and show tracebacks")
+
+
+def server_command(args: argparse.Namespace) -> int:
+    import logging
+    import signal
+    import threading
+
+    from .runtime.invoke import load_function
+    from .runtime.server import Server
+
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    admission = None
+    if args.admit:
+        module, _, function = args.admit.partition(":")
+        if not function:
+            raise UserError(f"error: --admit takes MODULE:FUNCTION, got {args.admit!r}")
+        admission = load_function(module, function)
+    allowed = tuple(m.strip() for m in args.allow.split(",") if m.strip()) if args.allow else None
+    try:
+        server = Server(args.bind, name=args.name, admission=admission,
+                        allowed_modules=allowed, store_dir=args.store)
+    except Exception as error:  # zmq errors: address in use, bad address
+        raise UserError(f"error: cannot bind {args.bind}: {error}") from None
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    print(f"serpytor server {server.name} listening on {server.address}", flush=True)
+    server.serve(stop)
+    return 0
+
+
 def explain_command(args: argparse.Namespace) -> int:
     from .runtime.api import load_pipeline, open_durability
     from .runtime.explain import explain_vertex
@@ -298,6 +341,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_compile_arguments(compile_parser)
     run_parser = commands.add_parser("run", help="run a pipeline")
     add_run_arguments(run_parser)
+    server_parser = commands.add_parser("server", help="run a server that executes vertices")
+    add_server_arguments(server_parser)
     explain_parser = commands.add_parser("explain", help="say why a vertex would be "
                                          "reused or re-run")
     add_explain_arguments(explain_parser)
@@ -306,6 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "compile": lambda: compile_command(args, compile_parser),
         "run": lambda: run_command(args, run_parser),
         "explain": lambda: explain_command(args),
+        "server": lambda: server_command(args),
     }
     return run_guarded(handlers[args.command], getattr(args, "verbose", False))
 

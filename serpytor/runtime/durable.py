@@ -67,6 +67,16 @@ class Durability:
         self.digests[vertex] = digest
         self.journal.record(key, self.plan.pipeline, name, parts, path, digest, published, seconds)
 
+    def record_stored(self, vertex: int, path: str, digest: str, published: dict[str, Any],
+                      seconds: float) -> None:
+        """Journal an output a server already stored at ``path``."""
+        if not self.enabled:
+            return
+        key, parts = self.keys[vertex]
+        self.digests[vertex] = digest
+        self.journal.record(key, self.plan.pipeline, self.plan.vertex_name(vertex), parts,
+                            path, digest, published, seconds)
+
     def load(self, value: Any) -> Any:
         if isinstance(value, StoredOutput):
             return self.store.get(value.path, value.digest)

@@ -1,0 +1,80 @@
+"""The control plane: JSON messages between gateway and servers (never pickle).
+
+A message is a ZeroMQ multipart: frame 0 is a UTF-8 JSON object with a ``type``;
+further frames are opaque payload bytes (a plan file, or vertex data on the data plane).
+:func:`decode` checks size limits, JSON, the type and the fields that type needs, and
+raises :class:`ProtocolError` naming what is wrong; receivers count and log those and
+keep serving.
+
+======================  =================================================================
+type                    fields
+======================  =================================================================
+``job``                 job, plan (frame 1: the .spgc bytes)
+``tasks``               job, tasks: [{v, attempt, context, inputs, key}]
+``done``                job, results: [{v, attempt, seconds, published, digest, size}]
+``failed``              job, v, attempt, error_type, message, traceback
+``refused``             job, v, attempt, reason
+``release``             job, vertices: [v, ...]  (outputs no longer needed)
+``end``                 job
+``get``                 job, vertices: [v, ...]  (data plane: fetch outputs)
+``data``                job, items: [{v, buffers}] (frames follow)
+``ping`` / ``pong``     (liveness of the application port)
+``error``               message (a reply to a message that could not be decoded)
+======================  =================================================================
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..errors import SerpytorError
+
+MAX_HEADER_BYTES = 16 * 1024 * 1024  # a header is metadata; larger means garbage or abuse
+
+REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
+    "job": ("job",),
+    "tasks": ("job", "tasks"),
+    "done": ("job", "results"),
+    "failed": ("job", "v", "attempt", "error_type", "message"),
+    "refused": ("job", "v", "attempt", "reason"),
+    "release": ("job", "vertices"),
+    "end": ("job",),
+    "get": ("job", "vertices"),
+    "data": ("job", "items"),
+    "ping": (),
+    "pong": (),
+    "error": ("message",),
+}
+
+
+class ProtocolError(SerpytorError):
+    """A message that is not valid SerPyTor protocol (malformed, truncated, oversized,
+    or of an unknown type). The receiver rejects it and keeps serving."""
+
+
+def encode(message: dict[str, Any], *payload: bytes | memoryview) -> list[bytes | memoryview]:
+    return [json.dumps(message, separators=(",", ":")).encode(), *payload]
+
+
+def decode(frames: list[bytes] | list[Any]) -> tuple[dict[str, Any], list[Any]]:
+    """The header (validated) and the payload frames."""
+    if not frames:
+        raise ProtocolError("empty message")
+    header = frames[0]
+    raw = header.bytes if hasattr(header, "bytes") else header
+    if len(raw) > MAX_HEADER_BYTES:
+        raise ProtocolError(f"header of {len(raw)} bytes exceeds the {MAX_HEADER_BYTES} limit")
+    try:
+        message = json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as error:
+        raise ProtocolError(f"header is not JSON: {error}") from None
+    if not isinstance(message, dict):
+        raise ProtocolError("header is not a JSON object")
+    kind = message.get("type")
+    if kind not in REQUIRED_FIELDS:
+        raise ProtocolError(f"unknown message type {kind!r}")
+    missing = [f for f in REQUIRED_FIELDS[kind] if f not in message]
+    if missing:
+        raise ProtocolError(f"{kind} message lacks {', '.join(missing)}")
+    return message, list(frames[1:])
