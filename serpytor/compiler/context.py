@@ -93,13 +93,17 @@ def intern(values) -> np.ndarray:
 
 def compute_context(ir: IR) -> ContextTables:
     node, n_nodes = context_nodes(ir)
+    if n_nodes == 0:
+        facts = [(f.key, f.value, 0, f) for f in ir.origin_facts]
+        return ContextTables(node, np.zeros((0, 1), np.uint64), np.array([-1], np.int32),
+                             facts, [], np.zeros(0, np.int32))
     indptr, parents, child, parent = context_parents(ir, node, n_nodes)
     topo = topological_order(n_nodes, parent, child)
     origin_vertex, facts, own_indptr, own_origins = origin_table(ir, node, n_nodes)
     n_origins = len(origin_vertex)
     reach, inherited = _core.propagate_origins(indptr, parents, topo, own_indptr,
                                                own_origins, n_origins)
-    origin_inherited = np.zeros_like(reach[:1].repeat(n_origins, axis=0))
+    origin_inherited = np.zeros((n_origins, reach.shape[1]), np.uint64)
     origin_inherited[1:] = inherited[node[origin_vertex[1:]]]
     unique_rows, row_of_node = _unique_rows(reach)
     keys = [f[0] for f in facts]

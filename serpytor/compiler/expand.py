@@ -21,7 +21,7 @@ from .kinds import EdgeKind
 def expand(ir: IR) -> IR:
     """Fill the IR's vertex and edge arrays from its templates and edge declarations."""
     widths = np.array([t.width for t in ir.templates], dtype=np.int64)
-    firsts = np.concatenate([[0], np.cumsum(widths)[:-1]]).astype(np.int64)
+    firsts = (np.cumsum(widths) - widths).astype(np.int64)
     for template, first in zip(ir.templates, firsts):
         template.first = int(first)
     ir.vertex_template = np.repeat(np.arange(len(widths), dtype=np.int32), widths)

@@ -129,6 +129,9 @@ def _bind_arguments(ir: IR, template: Template, params, takes_kwargs: bool) -> s
     for name, _ in template.arguments:
         if name is None:
             continue
+        if name in filled:
+            raise compile_error(ir.source, f"argument '{name}' of '{template.name}' is given "
+                                "both by position and by name", template.span)
         if name not in params and not takes_kwargs:
             raise compile_error(ir.source, f"{template.function.qualname} has no parameter "
                                 f"'{name}'", template.span,

@@ -240,12 +240,28 @@ def decode_plan(data: bytes, where: str = "<bytes>") -> Plan:
     start = 16 + header_len
     start += -start % ALIGN
     body = memoryview(data)[start:]
-    if hashlib.blake2b(body, digest_size=16).hexdigest() != header.get("digest"):
+    if not isinstance(header, dict) or \
+            hashlib.blake2b(body, digest_size=16).hexdigest() != header.get("digest"):
         raise PlanFormatError(f"{where}: damaged plan (array digest mismatch); recompile it")
-    arrays = {}
-    for name, spec in header["arrays"].items():
-        dtype = np.dtype(spec["dtype"])
-        count = int(np.prod(spec["shape"], dtype=np.int64))
-        array = np.frombuffer(body, dtype, count, spec["offset"]).reshape(spec["shape"])
-        arrays[name] = array
-    return Plan(header["meta"], arrays)
+    try:
+        arrays = {name: _array(body, header["arrays"][name]) for name in ARRAY_NAMES}
+        meta = header["meta"]
+        if not isinstance(meta, dict) or not isinstance(meta.get("templates"), list):
+            raise ValueError("no templates in the metadata")
+    except (KeyError, TypeError, ValueError) as error:
+        raise PlanFormatError(f"{where}: damaged plan header ({type(error).__name__}: "
+                              f"{error}); recompile it") from None
+    return Plan(meta, arrays)
+
+
+def _array(body: memoryview, spec: dict[str, Any]) -> np.ndarray:
+    """One array of the body, checked against the body's size."""
+    dtype = np.dtype(spec["dtype"])
+    shape = [int(s) for s in spec["shape"]]
+    offset = int(spec["offset"])
+    if dtype.hasobject or any(s < 0 for s in shape) or offset < 0:
+        raise ValueError(f"bad array spec {spec}")
+    count = int(np.prod(shape, dtype=np.int64))
+    if offset + count * dtype.itemsize > len(body):
+        raise ValueError(f"array at {offset} runs past the end of the file")
+    return np.frombuffer(body, dtype, count, offset).reshape(shape)

@@ -22,6 +22,7 @@ AGGREGATE_FORMS = {
     frozenset({"initialize", "iterate", "merge"}): "accumulator",
 }
 DEFAULT_FAN_IN = 8
+MAX_REPLICAS = 10_000_000  # a plan holds a few arrays per vertex; more is surely a typo
 CHANNEL_NAMES = ", ".join(str(kind) for kind in ChannelKind)
 
 
@@ -79,7 +80,7 @@ class _Resolver:
         if isinstance(value, ast.Env):
             if value.name in os.environ:
                 return os.environ[value.name]
-            if value.default is None:
+            if not value.has_default:
                 raise self.error(
                     f"environment variable {value.name} is not set and has no default",
                     value.span or span, hint=f'write env("{value.name}", DEFAULT)')
@@ -154,6 +155,9 @@ class _Resolver:
             raise self.error(f"stage '{decl.name}' has x {decl.replicate.count}; "
                              "a stage needs at least one replica", decl.replicate.span,
                              hint="use x 1 or more")
+        if decl.replicate.count > MAX_REPLICAS:
+            raise self.error(f"stage '{decl.name}' has x {decl.replicate.count}; at most "
+                             f"{MAX_REPLICAS:,} replicas are allowed", decl.replicate.span)
         return decl.replicate.count
 
     def timeout(self, decl: ast.VertexDecl) -> float | None:

@@ -6,6 +6,7 @@ lark trees. ``str()`` of a node prints it back as ``.spg`` text.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Union
 
@@ -19,9 +20,12 @@ class Env:
     name: str
     default: Any = None
     span: SourceSpan | None = field(default=None, compare=False)
+    has_default: bool = field(default=True, compare=False)
 
     def __str__(self) -> str:
-        return f"env({self.name!r}, {format_value(self.default)})"
+        if not self.has_default:
+            return f"env({format_value(self.name)})"
+        return f"env({format_value(self.name)}, {format_value(self.default)})"
 
 
 @dataclass(frozen=True)
@@ -46,12 +50,22 @@ def format_value(value: Value) -> str:
     if value is None:
         return "null"
     if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return json.dumps(value)  # JSON escapes are valid .spg string escapes
     if isinstance(value, list):
         return "[" + ", ".join(format_value(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}: {format_value(v)}" for k, v in value.items()) + "}"
+        return "{" + ", ".join(f"{_map_key(k)}: {format_value(v)}" for k, v in value.items()) + "}"
     return str(value)
+
+
+def _map_key(key: str) -> str:
+    bare = key.isidentifier() and key.isascii() and key not in ("true", "false", "null", "env")
+    return key if bare else json.dumps(key)
+
+
+RESERVED_WORDS = frozenset(
+    "pipeline use as context stage node x with aggregate volatile timeout group env "
+    "true false null".split())
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import re
 import lark
 
 from ..errors import SourceSpan, SpgSyntaxError
+from .ast import RESERVED_WORDS
 
 OPENERS = {"{": "}", "(": ")", "[": "]"}
 CLOSERS = {v: k for k, v in OPENERS.items()}
@@ -26,6 +27,7 @@ FRIENDLY_TERMINALS = {
     "$END": "end of file",
 }
 
+STATEMENT_WORDS = {"pipeline", "use", "context", "stage", "node", "group"}
 FOUND_WORDS = {"NAME": "name", "STRING": "string", "SIGNED_INT": "integer",
                "SIGNED_FLOAT": "number", "EDGE_OP": "edge operator"}
 
@@ -39,6 +41,18 @@ def syntax_error_from_lark(error: lark.exceptions.UnexpectedInput, text: str,
     expected = _expected_words(error)
     found = _found_words(error)
     unclosed = _unclosed_bracket(text, _offset_of(text, line, column))
+    if unclosed and unclosed[1][0] < line:
+        # inside brackets keywords read as keys, so the parser may stumble a word late:
+        # a later line that starts with a statement keyword means the bracket never closed
+        first_word = (source_line or "").split(maxsplit=1)[:1]
+        if first_word and first_word[0] in STATEMENT_WORDS:
+            column = len(source_line) - len(source_line.lstrip()) + 1
+            span = SourceSpan(filename, line, column)
+            found = f"'{first_word[0]}'"
+            expected = ["'" + OPENERS[unclosed[0]] + "'"]
+    starts_line = not (source_line or "")[: column - 1].strip()
+    if unclosed and not (found == "end of file" or (starts_line and line > unclosed[1][0])):
+        unclosed = None  # the bracket may close later on; the mistake is here
     message, hint = _label(error, found, expected, unclosed, source_line or "", filename)
     if hint is not None:
         expected = []  # the label says it better than a list of tokens
@@ -49,11 +63,13 @@ def _label(error, found: str, expected: list[str], unclosed, source_line: str, f
     """The message and hint for the error: a known mistake, or 'unexpected X'."""
     at_end = found == "end of file"
     closing = {f"'{c}'" for c in CLOSERS}
-    if unclosed and (at_end or (closing & set(expected) and _starts_statement(found))):
+    if unclosed and (at_end or closing & set(expected)):
         bracket, (line, column) = unclosed
         return (f"unclosed '{bracket}'",
                 f"the '{bracket}' opened at {filename}:{line}:{column} is never closed; "
                 f"add '{OPENERS[bracket]}'")
+    if found.strip("'") in RESERVED_WORDS and "a name" in expected:
+        return (f"{found} is a reserved word", "choose another name")
     if "'='" in expected and len(expected) <= 2:
         return (f"missing '=' before {found}", "write `NAME = value`")
     if found.startswith("integer") and _REPLICATED_DECL.match(source_line):
@@ -66,11 +82,6 @@ def _label(error, found: str, expected: list[str], unclosed, source_line: str, f
 
 
 _REPLICATED_DECL = re.compile(r"\s*stage\s+\w+\s*=")
-
-
-def _starts_statement(found: str) -> bool:
-    return found.strip("'") in {"pipeline", "use", "context", "stage", "node", "group"} \
-        or found.startswith("'") is False
 
 
 def _error_position(error, text: str) -> tuple[int, int]:

@@ -104,7 +104,7 @@ class AstBuilder(Transformer):
     def env(self, meta, children):
         name = _unquote(children[0], self.filename, self.source)
         default = children[1] if len(children) > 1 else None
-        return ast.Env(name, default, self._span_of_meta(meta))
+        return ast.Env(name, default, self._span_of_meta(meta), has_default=len(children) > 1)
 
     def __default_token__(self, token):
         return token
