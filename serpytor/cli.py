@@ -222,7 +222,7 @@ def run_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     result = run(args.pipeline, inline=args.inline, workers=args.workers,
                  servers=args.servers, journal=False if args.no_journal else args.journal,
                  fresh=args.fresh, durable=args.durable, overrides=dict(args.set),
-                 keep_going=args.keep_going)
+                 keep_going=args.keep_going, progress=True)
     if args.output == "json":
         print(json.dumps({"outputs": {k: _jsonable(v) for k, v in result.outputs.items()},
                           "stats": result.stats}))

@@ -12,6 +12,7 @@ from ..errors import SerpytorError
 from .durable import Durability
 from .inline import run_inline
 from .journal import Journal
+from .progress import Progress
 from .result import RunResult
 from .store import OutputStore
 
@@ -48,22 +49,29 @@ def open_durability(plan: Plan, pipeline: Plan | str | Path, journal: str | Path
 def run(pipeline: Plan | str | Path, *, inline: bool = False, workers: int | None = None,
         servers: list[str] | None = None, journal: str | Path | None | bool = None,
         fresh: bool = False, durable: bool = False,
-        overrides: Mapping[str, Any] | None = None, keep_going: bool = False) -> RunResult:
+        overrides: Mapping[str, Any] | None = None, keep_going: bool = False,
+        progress: bool = False) -> RunResult:
     """Run a pipeline and return its :class:`RunResult`.
 
     ``inline=True`` runs in this process; otherwise the gateway runs here with
     ``workers`` local servers (default: the core count), or with ``servers`` started
     elsewhere. ``journal``: a directory, ``None`` for ``.serpytor/`` beside the
     pipeline, ``False`` for none. ``fresh`` ignores what the journal holds;
-    ``durable`` fsyncs outputs; ``overrides`` replace origin-context facts.
+    ``durable`` fsyncs outputs; ``overrides`` replace origin-context facts;
+    ``progress`` draws a progress bar on stderr when it is a terminal.
     """
     plan = load_pipeline(pipeline)
     if inline and servers:
         raise RunConfigError("choose --inline or --servers, not both")
     durability = open_durability(plan, pipeline, journal, fresh, durable)
-    if inline:
-        return run_inline(plan, durability, overrides, keep_going)
-    from .gateway import run_distributed
+    bar = Progress(plan.n_vertices) if progress and Progress.wanted() else None
+    try:
+        if inline:
+            return run_inline(plan, durability, overrides, keep_going, bar)
+        from .gateway import run_distributed
 
-    return run_distributed(plan, durability, overrides, keep_going, workers=workers,
-                           servers=servers)
+        return run_distributed(plan, durability, overrides, keep_going, workers=workers,
+                               servers=servers, progress=bar)
+    finally:
+        if bar is not None:
+            bar.close()

@@ -71,7 +71,8 @@ class Gateway:
     def __init__(self, plan: Plan, addresses: list[str], durability: Durability,
                  overrides: Mapping[str, Any] | None = None, keep_going: bool = False,
                  window: int = 256, processes: list[Any] | None = None,
-                 context: zmq.Context | None = None) -> None:
+                 context: zmq.Context | None = None, progress: Any = None) -> None:
+        self.progress = progress
         self.plan = plan
         self.ctx = context or zmq.Context.instance()
         self.job = uuid.uuid4().hex[:16]
@@ -277,6 +278,8 @@ class Gateway:
     def _completed(self, vertices: list[int]) -> None:
         self.engine.complete_many(np.asarray(vertices, np.int32))
         self.finished += len(vertices)
+        if self.progress is not None:
+            self.progress.update(self.finished)
         releases: dict[int, list[int]] = {}
         for vertex in vertices:
             for parent in self.plan.predecessors(vertex).tolist():
@@ -403,15 +406,16 @@ def exception_type(qualified: str) -> type[BaseException]:
 
 def run_distributed(plan: Plan, durability: Durability, overrides: Mapping[str, Any] | None,
                     keep_going: bool, workers: int | None = None,
-                    servers: list[str] | None = None) -> RunResult:
+                    servers: list[str] | None = None, progress: Any = None) -> RunResult:
     """The embedded default (local servers) or ``--servers``."""
     if servers:
-        return Gateway(plan, servers, durability, overrides, keep_going).run()
+        return Gateway(plan, servers, durability, overrides, keep_going,
+                       progress=progress).run()
     from .local import LocalServers
     import os
 
     count = workers or os.cpu_count() or 1
     with LocalServers(count) as local:
         gateway = Gateway(plan, local.addresses, durability, overrides, keep_going,
-                          processes=local.servers)
+                          processes=local.servers, progress=progress)
         return gateway.run()

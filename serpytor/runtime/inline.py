@@ -25,7 +25,7 @@ from .timeouts import time_limit
 
 def run_inline(plan: Plan, durability: Durability | None = None,
                overrides: Mapping[str, Any] | None = None,
-               keep_going: bool = False) -> RunResult:
+               keep_going: bool = False, progress: Any = None) -> RunResult:
     durability = durability or Durability(plan, None, None)
     started = time.perf_counter()
     tracker = ContextTracker(plan, overrides)
@@ -51,6 +51,8 @@ def run_inline(plan: Plan, durability: Durability | None = None,
                 blocked |= descendants(plan, vertex)
                 continue
             _release_inputs(plan, vertex, consumers_left, outputs, sinks)
+            if progress is not None:
+                progress.update(len(result.vertices))
     finally:
         durability.close()
     result.outputs = {plan.vertex_name(v): durability.load(outputs[v])
