@@ -28,7 +28,7 @@ import numpy as np
 from .. import _core
 from ..errors import ContextConflictError
 from ._errors import compile_error
-from .cycles import topological_order
+from .cycles import sorted_unique, topological_order
 from .groups import vertex_groups
 from .ir import IR, Fact
 
@@ -60,7 +60,7 @@ def context_parents(ir: IR, node: np.ndarray, n_nodes: int):
     """Parent CSR of the context-node DAG (edges inside a group vanish)."""
     child, parent = node[ir.edge_dst].astype(np.int64), node[ir.edge_src].astype(np.int64)
     keep = child != parent
-    key = np.unique(child[keep] * n_nodes + parent[keep])
+    key = sorted_unique(child[keep] * n_nodes + parent[keep])
     child, parent = key // max(n_nodes, 1), key % max(n_nodes, 1)
     indptr = np.zeros(n_nodes + 1, np.int64)
     np.cumsum(np.bincount(child, minlength=n_nodes), out=indptr[1:])

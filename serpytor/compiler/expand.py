@@ -54,8 +54,12 @@ def set_edges(ir: IR, parts) -> None:
     else:
         src = dst = decl = np.zeros(0, np.int64)
     key = src * max(ir.n_vertices, 1) + dst
-    _, first = np.unique(key, return_index=True)
-    first.sort()
+    # first occurrence of each key, by a stable sort (np.unique hashes, which is slow)
+    order = np.argsort(key, kind="stable")
+    ordered = key[order]
+    is_first = np.ones(ordered.size, bool)
+    np.not_equal(ordered[1:], ordered[:-1], out=is_first[1:])
+    first = np.sort(order[is_first])
     ir.edge_src = src[first].astype(np.int32)
     ir.edge_dst = dst[first].astype(np.int32)
     ir.edge_decl = decl[first].astype(np.int32)

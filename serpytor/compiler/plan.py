@@ -193,11 +193,13 @@ class Plan:
 
     # ---- files ----------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
-        """Write the plan to ``path`` in the ``.spgc`` format (atomically)."""
+        """Write the plan to ``path`` in the ``.spgc`` format (atomically), streaming
+        the arrays from memory without copying them."""
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "wb") as out:
-            out.write(encode_plan(self))
+            for chunk in plan_chunks(self):
+                out.write(chunk)
         tmp.replace(path)
 
     @classmethod
@@ -207,23 +209,30 @@ class Plan:
         return decode_plan(data, str(path))
 
 
-def encode_plan(plan: Plan) -> bytes:
-    table, blobs, offset = {}, [], 0
+def plan_chunks(plan: Plan) -> Iterator[bytes | memoryview]:
+    """The ``.spgc`` file as a sequence of chunks; arrays are views, not copies."""
+    table, body, offset = {}, [], 0
+    digest = hashlib.blake2b(digest_size=16)
     for name in ARRAY_NAMES:
         array = np.ascontiguousarray(plan.arrays[name])
-        offset = -(-offset // ALIGN) * ALIGN
+        padding = b"\0" * (-offset % ALIGN)
+        offset += len(padding)
         table[name] = {"dtype": array.dtype.str, "shape": list(array.shape), "offset": offset}
-        blobs.append((offset, array.tobytes()))
+        view = memoryview(array).cast("B")
+        for chunk in (padding, view):
+            digest.update(chunk)
+            body.append(chunk)
         offset += array.nbytes
-    body = bytearray(offset)
-    for start, blob in blobs:
-        body[start:start + len(blob)] = blob
-    header = json.dumps({"meta": plan.meta, "arrays": table,
-                         "digest": hashlib.blake2b(body, digest_size=16).hexdigest()},
+    header = json.dumps({"meta": plan.meta, "arrays": table, "digest": digest.hexdigest()},
                         separators=(",", ":")).encode()
     prefix = MAGIC + struct.pack("<IQ", FORMAT_VERSION, len(header)) + header
-    padding = b"\0" * (-len(prefix) % ALIGN)
-    return prefix + padding + bytes(body)
+    yield prefix + b"\0" * (-len(prefix) % ALIGN)
+    yield from body
+
+
+def encode_plan(plan: Plan) -> bytes:
+    """The ``.spgc`` file's bytes (see :func:`plan_chunks`)."""
+    return b"".join(plan_chunks(plan))
 
 
 def decode_plan(data: bytes, where: str = "<bytes>") -> Plan:
