@@ -158,6 +158,9 @@ class ContextTracker:
         self.node_members = _members_by_node(node)
         self.node_parents = _context_parents(plan, node)
         self.static_keys = {n: _static_keys(plan, vs) for n, vs in self.node_members.items()}
+        self.any_published = False
+        # static facts are the same for every vertex with the same context and origins
+        self.static_cache: dict[tuple[int, bytes], list[tuple[ContextFact, int]]] = {}
 
     # -- published state per context node ----------------------------------------------
     def state(self, node: int) -> PublishedState:
@@ -172,6 +175,7 @@ class ContextTracker:
         """Facts vertex published while running: they shadow inherited ones."""
         if not facts:
             return
+        self.any_published = True
         node = int(self.plan.arrays["vertex_node"][vertex])
         state = self.state(node)
         # a group member's facts override inherited ones, never its fellow members'
@@ -184,38 +188,64 @@ class ContextTracker:
         return Context(self.plan.vertex_name(vertex), self.facts_for(vertex), on_publish)
 
     def facts_for(self, vertex: int) -> list[ContextFact]:
+        """Every fact reaching vertex, published ones first, each marked nearest or not."""
+        static = self._static_facts(vertex)
+        if not self.any_published:
+            return [fact for fact, _ in static]
         plan = self.plan
-        node = int(plan.arrays["vertex_node"][vertex])
-        live = list(self.state(node).live.values())
+        live = list(self.state(int(plan.arrays["vertex_node"][vertex])).live.values())
+        if not live:
+            return [fact for fact, _ in static]
         published_keys = {k for k, _, _ in live}
         facts = [ContextFact(k, v, plan.vertex_name(o)) for k, v, o in live]
-        nearest_ids = {i for ids in plan.meta["contexts"][int(plan.arrays["vertex_context"][vertex])].values()
-                       for i in ids}
-        for fact_id, fact in enumerate(plan.meta["facts"]):
-            if fact["origin"] not in self._reaching_origins(vertex):
-                continue
-            key = fact["key"]
-            value = self.overrides.get(key, fact["value"]) if fact["origin"] == 0 else fact["value"]
-            is_nearest = fact_id in nearest_ids and not self._overridden(fact, live, published_keys)
-            facts.append(ContextFact(key, value, plan.origin_name(fact["origin"]), is_nearest))
-        known = {f.key for f in facts}
-        facts += [ContextFact(k, v, "context") for k, v in self.overrides.items() if k not in known]
+        for fact, origin in static:
+            if fact.nearest and origin >= 0 and self._overridden(fact.key, origin, live,
+                                                                 published_keys):
+                fact = ContextFact(fact.key, fact.value, fact.origin, False)
+            facts.append(fact)
         return facts
+
+    def _static_facts(self, vertex: int) -> list[tuple[ContextFact, int]]:
+        """The plan's facts reaching vertex with their origin ids (cached)."""
+        plan = self.plan
+        context_id = int(plan.arrays["vertex_context"][vertex])
+        row = plan.arrays["node_reach"][int(plan.arrays["vertex_node"][vertex])]
+        key = (context_id, row.tobytes())
+        if key not in self.static_cache:
+            nearest_ids = {i for ids in plan.meta["contexts"][context_id].values() for i in ids}
+            reaching = self._reaching_origins(vertex)
+            facts = []
+            for fact_id, fact in enumerate(plan.meta["facts"]):
+                origin = fact["origin"]
+                if origin not in reaching:
+                    continue
+                value = self.overrides.get(fact["key"], fact["value"]) if origin == 0 \
+                    else fact["value"]
+                facts.append((ContextFact(fact["key"], value, plan.origin_name(origin),
+                                          fact_id in nearest_ids), origin))
+            known = {f.key for f, _ in facts}
+            facts += [(ContextFact(k, v, "context"), -1) for k, v in self.overrides.items()
+                      if k not in known]
+            self.static_cache[key] = facts
+        return self.static_cache[key]
 
     def _reaching_origins(self, vertex: int) -> set[int]:
         row = self.plan.arrays["node_reach"][int(self.plan.arrays["vertex_node"][vertex])]
         bits = np.unpackbits(row.view(np.uint8), bitorder="little")
         return set(np.flatnonzero(bits).tolist())
 
-    def _overridden(self, fact: dict, live, published_keys: set[str]) -> bool:
-        """A static fact loses to a live published fact whose publisher it reaches."""
-        if fact["key"] not in published_keys:
+    def _overridden(self, fact_key: str, static_origin: int, live,
+                    published_keys: set[str]) -> bool:
+        """A static fact loses to a live published fact whose publisher it reaches (or
+        that the same vertex published: a vertex may update its own fact)."""
+        if fact_key not in published_keys:
             return False
-        static_origin = fact["origin"]
+        origin_vertex = self.plan.arrays["origin_vertex"]
         for key, _, publisher in live:
-            if key != fact["key"]:
+            if key != fact_key:
                 continue
-            if static_origin in self._inherited_origins(publisher):
+            if int(origin_vertex[static_origin]) == publisher or \
+                    static_origin in self._inherited_origins(publisher):
                 return True
         return False
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..compiler.plan import Plan
 from ..errors import RemoteTaskError, remote_task_error
-from .context import ContextTracker
+from .context import Context, ContextTracker
 from .durable import Durability, StoredOutput
 from .invoke import run_vertex
 from .result import RunResult, VertexRecord
@@ -92,7 +92,7 @@ def _step(plan: Plan, vertex: int, tracker: ContextTracker, durability: Durabili
         return VertexRecord(name, "reused", record.seconds)
     for parent in plan.predecessors(vertex).tolist():
         outputs[parent] = durability.load(outputs[parent])
-    context = tracker.context_for(vertex)
+    context = Context(name, facts)
     t0 = time.perf_counter()
     value = call_user_vertex(plan, vertex, outputs, context)
     seconds = time.perf_counter() - t0
