@@ -11,7 +11,7 @@ from ..compiler.kinds import VertexFlag
 from ..compiler.plan import Plan
 from .context import ContextTracker
 from .durable import Durability
-from .inline import descendants
+from .inline import ancestors, descendants
 
 PART_WORDS = {
     "function": "its function's code changed",
@@ -64,15 +64,4 @@ def _reason(plan: Plan, durability: Durability, vertex: int, rerun: set[int]) ->
     return "; ".join(changed) + " since it was recorded"
 
 
-def ancestors(plan: Plan, vertex: int) -> set[int]:
-    seen: set[int] = set()
-    stack = [vertex]
-    while stack:
-        for parent in plan.predecessors(stack.pop()).tolist():
-            if parent not in seen:
-                seen.add(parent)
-                stack.append(parent)
-    return seen
-
-
-__all__ = ["explain_vertex", "descendants"]
+__all__ = ["explain_vertex"]

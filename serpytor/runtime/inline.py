@@ -71,13 +71,22 @@ def _release_inputs(plan: Plan, vertex: int, consumers_left: np.ndarray,
 
 
 def descendants(plan: Plan, vertex: int) -> set[int]:
+    return reachable(plan.successors, vertex)
+
+
+def ancestors(plan: Plan, vertex: int) -> set[int]:
+    return reachable(plan.predecessors, vertex)
+
+
+def reachable(neighbours, vertex: int) -> set[int]:
+    """Every vertex reachable from ``vertex`` through ``neighbours`` (not itself)."""
     seen: set[int] = set()
     stack = [vertex]
     while stack:
-        for child in plan.successors(stack.pop()).tolist():
-            if child not in seen:
-                seen.add(child)
-                stack.append(child)
+        for other in neighbours(stack.pop()).tolist():
+            if other not in seen:
+                seen.add(other)
+                stack.append(other)
     return seen
 
 
