@@ -12,7 +12,8 @@ import sys
 
 import numpy as np
 import pytest
-from core_strategies import IMPLEMENTATIONS, Dag, both, dags, implementation, successors
+from core_strategies import (IMPLEMENTATIONS, Dag, both, csr, dags, implementation,
+                             successors)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -186,6 +187,50 @@ def test_an_empty_graph(impl):
     e = engine(impl, 0, [])
     assert e.pop_ready(3).tolist() == [] and e.finished
     assert e.complete_many([]).tolist() == []
+
+
+def test_vertices_keep_their_ids_whatever_order_the_priorities_give(impl):
+    """The priorities run against the ids: every answer still speaks of the caller's ids."""
+    e = engine(impl, 6, [(0, 3), (1, 4), (2, 5)], priority=[1, 9, 5, 0, 7, 3])
+    assert e.pop_ready(2).tolist() == [1, 2]
+    assert e.complete(2).tolist() == [5]
+    e.fail(1)
+    assert e.state.tolist() == [READY, READY, DONE, WAITING, WAITING, READY]
+    assert [e.state_of(v) for v in range(6)] == e.state.tolist()
+    assert e.remaining.tolist() == [0, 0, 0, 1, 1, 0]
+    assert e.failures.tolist() == [0, 1, 0, 0, 0, 0]
+    assert e.pop_ready(6).tolist() == [1, 5, 0]        # priorities 9, 3, 1
+    assert e.complete_many([0, 5, 1]).tolist() == [3, 4]
+    assert e.invalidate(0).tolist() == []
+    assert e.state_of(3) == WAITING and e.remaining.tolist()[3] == 1
+
+
+@pytest.mark.parametrize("layout", ["list", "int64", "big-endian", "strided", "read-only"])
+def test_a_batch_in_any_integer_layout_is_read_by_value(impl, layout):
+    e = engine(impl, 8, [(v, v + 4) for v in range(4)], priority=np.zeros(8, np.int64))
+    assert e.pop_ready(8).tolist() == [0, 1, 2, 3]
+    batch = {
+        "list": lambda: [3, 1],
+        "int64": lambda: np.array([3, 1], np.int64),
+        "big-endian": lambda: np.array([3, 1], ">i4"),
+        "strided": lambda: np.array([3, 9, 1, 9], np.int32)[::2],
+        "read-only": lambda: np.frombuffer(np.array([3, 1], np.int32).tobytes(), np.int32),
+    }[layout]()
+    assert e.complete_many(batch).tolist() == [7, 5]
+    assert e.state.tolist() == [RUNNING, DONE, RUNNING, DONE, WAITING, READY, WAITING,
+                                READY]
+
+
+def test_errors_name_the_callers_ids_whatever_order_the_priorities_give(impl):
+    e = engine(impl, 3, [], priority=[0, 1, 2])
+    assert e.pop_ready().tolist() == [2]
+    with pytest.raises(ValueError, match="cannot complete vertex 0: it is ready"):
+        e.complete_many([2, 0])
+    with pytest.raises(ValueError, match="vertices: vertex 2 appears twice"):
+        e.complete_many(np.array([2, 2], np.int32))
+    with pytest.raises(ValueError, match="cannot fail vertex 1: it is ready"):
+        e.fail(1)
+    assert e.counts == (0, 2, 1, 0, 0)
 
 
 def test_states_are_copies(impl):
@@ -379,6 +424,49 @@ def test_batched_runs_agree_in_order(dag, batch):
         order += popped
         both_do(a, b, "complete_many", popped)
     assert sorted(order) == list(range(dag.n))
+
+
+def random_dag_with_hubs(n: int, rng) -> tuple[np.ndarray, np.ndarray]:
+    """A uniformly random DAG, 4 edges a vertex, where a few vertices have rows longer
+    than the compiled engine copies in one block, and some exactly that long."""
+    dst = rng.integers(1, n, 4 * n)
+    src = (rng.random(dst.shape[0]) * dst).astype(np.int64)
+    hubs = np.repeat(np.arange(12), [40, 9, 8, 7, 30, 9, 8, 64, 1, 8, 9, 16])
+    hub_dst = hubs + 1 + (rng.random(hubs.shape[0]) * (n - hubs - 1)).astype(np.int64)
+    rows, cols = np.concatenate([src, hubs]), np.concatenate([dst, hub_dst])
+    order = rng.permutation(n)  # ids that are not a topological order
+    return csr(n, order[rows], order[cols])
+
+
+def test_large_graphs_agree_whatever_order_batches_are_completed_in():
+    """Pop batches of every size; complete a shuffled half, then the rest in reverse
+    (not the order they were popped in), sometimes with a vertex re-run."""
+    compiled, reference = both()
+    rng = np.random.default_rng(11)
+    indptr, indices = random_dag_with_hubs(3000, rng)
+    a, b = compiled.ReadyEngine(indptr, indices), reference.ReadyEngine(indptr, indices)
+    while not b.finished:
+        popped = both_do(a, b, "pop_ready", int(rng.integers(1, 400)))[1]
+        shuffled = [popped[i] for i in rng.permutation(len(popped))]
+        half = len(shuffled) // 2
+        both_do(a, b, "complete_many", np.array(shuffled[:half], np.int32))
+        if half and rng.random() < 0.2:
+            both_do(a, b, "invalidate", shuffled[0])
+        both_do(a, b, "complete_many", np.array(shuffled[half:][::-1], np.int32))
+        assert_same(a, b)
+
+
+def test_large_graphs_agree_when_batches_are_completed_as_popped():
+    compiled, reference = both()
+    rng = np.random.default_rng(12)
+    indptr, indices = random_dag_with_hubs(5000, rng)
+    priority = rng.integers(0, 50, 5000)  # large buckets, ties broken by the stacks
+    a = compiled.ReadyEngine(indptr, indices, priority)
+    b = reference.ReadyEngine(indptr, indices, priority)
+    while not b.finished:
+        popped = both_do(a, b, "pop_ready", 256)[1]
+        both_do(a, b, "complete_many", np.array(popped, np.int32))
+    assert_same(a, b)
 
 
 def test_threads_sharing_an_engine_get_errors_not_corruption():

@@ -19,11 +19,13 @@ def describe(array: np.ndarray) -> str:
     return f"{array.dtype} array of shape {array.shape}"
 
 
-def _as_ndarray(name: str, value: Any, expected: str) -> np.ndarray:
+def _as_ndarray(name: str, value: Any, expected: Any) -> np.ndarray:
+    """``expected``: what was expected, as text or a function giving it."""
     try:
         return np.asarray(value)
     except (TypeError, ValueError) as error:
-        raise ValueError(f"{name}: expected {expected}, got {type(value).__name__} "
+        text = expected() if callable(expected) else expected
+        raise ValueError(f"{name}: expected {text}, got {type(value).__name__} "
                          f"({error})") from None
 
 
@@ -36,13 +38,16 @@ def integer_array(name: str, value: Any, dtype: type = np.int32, *, length: int 
     dtype('int32')
     """
     dtype = np.dtype(dtype)
-    shape = "(n,)" if length is None else f"({length},)"
-    expected = f"a 1-D integer array of shape {shape} (stored as {dtype})"
+
+    def expected() -> str:  # built only for a message: this runs once per kernel call
+        shape = "(n,)" if length is None else f"({length},)"
+        return f"a 1-D integer array of shape {shape} (stored as {dtype})"
+
     array = _as_ndarray(name, value, expected)
     empty_ok = array.size == 0 and array.dtype.kind in "iuf"
     if array.ndim != 1 or (array.dtype.kind not in "iu" and not empty_ok) or \
             (length is not None and array.shape[0] != length):
-        raise ValueError(f"{name}: expected {expected}, got {describe(array)}")
+        raise ValueError(f"{name}: expected {expected()}, got {describe(array)}")
     low, high = _INT_RANGE[dtype]
     low = low if lower is None else max(low, lower)
     high = high if upper is None else min(high, upper - 1)
