@@ -8,6 +8,7 @@ kernels. This module re-exports the public API; everything else is private.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .compiler import compile_path as _compile_path
 from .compiler import compile_source as _compile_source
@@ -24,6 +25,9 @@ from .errors import (
     SpgError,
     SpgSyntaxError,
 )
+
+if TYPE_CHECKING:
+    from .runtime.result import RunResult
 
 __version__ = "0.1.0"
 
@@ -46,9 +50,22 @@ def load_plan(path: str | Path) -> Plan:
     return Plan.load(path)
 
 
+def run(pipeline: Plan | str | Path, **options: Any) -> RunResult:
+    """Run a Plan, a ``.spg`` or a ``.spgc`` file and return its :class:`RunResult`.
+
+    Options as ``serpytor run``: ``inline``, ``workers``, ``servers``, ``journal``,
+    ``fresh``, ``durable``, ``overrides``, ``keep_going``, ``progress``, ``placement``
+    (see :func:`serpytor.runtime.api.run`). The runtime (and ZeroMQ) is imported on
+    first use, so compiling alone never loads it.
+    """
+    from .runtime.api import run as run_plan
+
+    return run_plan(pipeline, **options)
+
+
 __all__ = [
     "AmbiguousContextError", "ChannelKind", "ContextConflictError", "CycleError",
     "EdgeKind", "Plan", "PlanFormatError", "SerpytorError", "SourceSpan",
     "SpgCompileError", "SpgError", "SpgSyntaxError", "VertexFlag", "compile",
-    "compile_file", "load_plan",
+    "compile_file", "load_plan", "run",
 ]

@@ -176,6 +176,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         "(VALUE is JSON, or a plain string)")
     parser.add_argument("--output", choices=("text", "json"), default="text",
                         help="how to print the results")
+    parser.add_argument("--placement", choices=("locality", "least_loaded", "round_robin"),
+                        default="locality", help="how the gateway picks a server for each "
+                        "vertex (default: locality)")
     add_journal_arguments(parser)
 
 
@@ -222,7 +225,7 @@ def run_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     result = run(args.pipeline, inline=args.inline, workers=args.workers,
                  servers=args.servers, journal=False if args.no_journal else args.journal,
                  fresh=args.fresh, durable=args.durable, overrides=dict(args.set),
-                 keep_going=args.keep_going, progress=True)
+                 keep_going=args.keep_going, progress=True, placement=args.placement)
     if args.output == "json":
         print(json.dumps({"outputs": {k: _jsonable(v) for k, v in result.outputs.items()},
                           "stats": result.stats}))
@@ -266,7 +269,7 @@ def server_command(args: argparse.Namespace) -> int:
     import threading
 
     from .runtime.invoke import load_function
-    from .runtime.server import Server
+    from .runtime.server import Server, reexec_restart
 
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -279,7 +282,8 @@ def server_command(args: argparse.Namespace) -> int:
     allowed = tuple(m.strip() for m in args.allow.split(",") if m.strip()) if args.allow else None
     try:
         server = Server(args.bind, name=args.name, admission=admission,
-                        allowed_modules=allowed, store_dir=args.store)
+                        allowed_modules=allowed, store_dir=args.store,
+                        restart=reexec_restart(args.argv))
     except Exception as error:  # zmq errors: address in use, bad address
         raise UserError(f"error: cannot bind {args.bind}: {error}") from None
     stop = threading.Event()
@@ -347,6 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                          "reused or re-run")
     add_explain_arguments(explain_parser)
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # a server restarts with it
     handlers: dict[str, Callable[[], int]] = {
         "compile": lambda: compile_command(args, compile_parser),
         "run": lambda: run_command(args, run_parser),

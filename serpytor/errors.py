@@ -169,6 +169,10 @@ class RemoteTaskError(SerpytorError):
 _REMOTE_TYPES: dict[type, type] = {}
 
 
+def _message_only_init(self: BaseException, message: str) -> None:
+    BaseException.__init__(self, message)
+
+
 def remote_task_error(original: type[BaseException], message: str, vertex: str,
                       line: int | None, traceback_text: str,
                       type_name: str | None = None) -> RemoteTaskError:
@@ -176,9 +180,12 @@ def remote_task_error(original: type[BaseException], message: str, vertex: str,
     cls = _REMOTE_TYPES.get(original)
     if cls is None:
         try:
-            cls = type(f"Remote{original.__name__}", (RemoteTaskError, original), {})
-            cls(message)  # some types need other constructor arguments
-        except TypeError:
+            # the original's own __init__ may want other arguments (AmbiguousContextError
+            # takes a key and candidates): the remote copy carries only the message
+            cls = type(f"Remote{original.__name__}", (RemoteTaskError, original),
+                       {"__init__": _message_only_init})
+            cls(message)
+        except TypeError:  # incompatible layouts (some C exception types)
             cls = RemoteTaskError
         _REMOTE_TYPES[original] = cls
     error = cls(message)

@@ -50,7 +50,7 @@ def run(pipeline: Plan | str | Path, *, inline: bool = False, workers: int | Non
         servers: list[str] | None = None, journal: str | Path | None | bool = None,
         fresh: bool = False, durable: bool = False,
         overrides: Mapping[str, Any] | None = None, keep_going: bool = False,
-        progress: bool = False) -> RunResult:
+        progress: bool = False, placement: str = "locality") -> RunResult:
     """Run a pipeline and return its :class:`RunResult`.
 
     ``inline=True`` runs in this process; otherwise the gateway runs here with
@@ -58,7 +58,8 @@ def run(pipeline: Plan | str | Path, *, inline: bool = False, workers: int | Non
     elsewhere. ``journal``: a directory, ``None`` for ``.serpytor/`` beside the
     pipeline, ``False`` for none. ``fresh`` ignores what the journal holds;
     ``durable`` fsyncs outputs; ``overrides`` replace origin-context facts;
-    ``progress`` draws a progress bar on stderr when it is a terminal.
+    ``progress`` draws a progress bar on stderr when it is a terminal; ``placement``
+    is the allocation policy (``locality``, ``least_loaded`` or ``round_robin``).
     """
     plan = load_pipeline(pipeline)
     if inline and servers:
@@ -71,7 +72,7 @@ def run(pipeline: Plan | str | Path, *, inline: bool = False, workers: int | Non
         from .gateway import run_distributed
 
         return run_distributed(plan, durability, overrides, keep_going, workers=workers,
-                               servers=servers, progress=bar)
+                               servers=servers, progress=bar, placement=placement)
     finally:
         if bar is not None:
             bar.close()

@@ -154,20 +154,23 @@ class ContextTracker:
         self.states: dict[int, PublishedState] = {}  # per context node, once computed
         self.next_fact = itertools.count()
         self.overrides = dict(origin_overrides or {})
-        node = plan.arrays["vertex_node"]
-        self.node_members = _members_by_node(node)
-        self.node_parents = _context_parents(plan, node)
-        self.static_keys = {n: _static_keys(plan, vs) for n, vs in self.node_members.items()}
+        self._graph: NodeGraph | None = None  # built when something is first published
         self.any_published = False
         # static facts are the same for every vertex with the same context and origins
         self.static_cache: dict[tuple[int, bytes], list[tuple[ContextFact, int]]] = {}
 
     # -- published state per context node ----------------------------------------------
+    @property
+    def graph(self) -> "NodeGraph":
+        if self._graph is None:
+            self._graph = NodeGraph(self.plan)
+        return self._graph
+
     def state(self, node: int) -> PublishedState:
         if node not in self.states:
-            parents = [self.state(p) for p in self.node_parents.get(node, ())]
+            parents = [self.state(p) for p in self.graph.parents(node)]
             state = PublishedState.merge(parents)
-            state.shadow_keys(self.static_keys[node])
+            state.shadow_keys(self.graph.static_keys(node))
             self.states[node] = state
         return self.states[node]
 
@@ -179,9 +182,25 @@ class ContextTracker:
         node = int(self.plan.arrays["vertex_node"][vertex])
         state = self.state(node)
         # a group member's facts override inherited ones, never its fellow members'
-        state.shadow_keys(set(facts), self.node_members[node])
+        state.shadow_keys(set(facts), self.graph.members(node))
         for key, value in facts.items():
             state.live[next(self.next_fact)] = (key, value, vertex)
+
+    def published_reach(self, vertex: int) -> bool:
+        """True when a published fact reaches ``vertex``: only then does its context
+        differ from the plan's static one (which a server can compute itself)."""
+        if not self.any_published:
+            return False
+        return bool(self.state(int(self.plan.arrays["vertex_node"][vertex])).live)
+
+    def static_key(self, vertex: int) -> tuple[int, bytes] | None:
+        """A name for vertex's context shared by every vertex that sees the same facts,
+        or None when published facts make its context its own."""
+        if self.published_reach(vertex):
+            return None
+        plan = self.plan
+        row = plan.arrays["node_reach"][int(plan.arrays["vertex_node"][vertex])]
+        return int(plan.arrays["vertex_context"][vertex]), row.tobytes()
 
     # -- the context a vertex sees ----------------------------------------------------
     def context_for(self, vertex: int, on_publish=None) -> Context:
@@ -252,30 +271,50 @@ class ContextTracker:
     def _inherited_origins(self, vertex: int) -> set[int]:
         """Static origins that precede ``vertex`` (its own group's members excluded)."""
         origins = self._reaching_origins(vertex)
-        members = self.node_members[int(self.plan.arrays["vertex_node"][vertex])]
+        members = self.graph.members(int(self.plan.arrays["vertex_node"][vertex]))
         origin_vertex = self.plan.arrays["origin_vertex"]
         own = {o for o in origins if int(origin_vertex[o]) in members}
         return origins - own
 
 
-def _members_by_node(node: np.ndarray) -> dict[int, set[int]]:
-    members: dict[int, set[int]] = {}
-    for v, n in enumerate(node.tolist()):
-        members.setdefault(n, set()).add(v)
-    return members
+class NodeGraph:
+    """The context nodes' graph (a group's members share one node), as CSR arrays,
+    with each node's own static keys computed when first asked for."""
+
+    def __init__(self, plan: Plan) -> None:
+        a = plan.arrays
+        node = a["vertex_node"]
+        self.plan = plan
+        self.by_node = np.argsort(node, kind="stable")
+        self.member_ptr = _indptr(node, self._n_nodes(node))
+        src, dst = node[a["edge_src"]], node[a["edge_dst"]]
+        keep = src != dst
+        pairs = np.unique(np.stack([dst[keep], src[keep]], axis=1), axis=0) \
+            if keep.any() else np.zeros((0, 2), node.dtype)
+        self.parent_ptr = _indptr(pairs[:, 0], len(self.member_ptr) - 1)
+        self.parent_of = pairs[:, 1]
+        self._keys: dict[int, set[str]] = {}
+
+    @staticmethod
+    def _n_nodes(node: np.ndarray) -> int:
+        return int(node.max()) + 1 if len(node) else 0
+
+    def members(self, node: int) -> set[int]:
+        return set(self.by_node[self.member_ptr[node]:self.member_ptr[node + 1]].tolist())
+
+    def parents(self, node: int) -> list[int]:
+        return self.parent_of[self.parent_ptr[node]:self.parent_ptr[node + 1]].tolist()
+
+    def static_keys(self, node: int) -> set[str]:
+        if node not in self._keys:
+            templates = self.plan.arrays["vertex_template"]
+            self._keys[node] = {f["key"] for v in self.members(node)
+                                for f in self.plan.templates[int(templates[v])].get("facts", [])}
+        return self._keys[node]
 
 
-def _context_parents(plan: Plan, node: np.ndarray) -> dict[int, list[int]]:
-    src, dst = node[plan.arrays["edge_src"]], node[plan.arrays["edge_dst"]]
-    parents: dict[int, set[int]] = {}
-    for p, c in zip(src.tolist(), dst.tolist()):
-        if p != c:
-            parents.setdefault(c, set()).add(p)
-    return {c: sorted(ps) for c, ps in parents.items()}
-
-
-def _static_keys(plan: Plan, vertices: set[int]) -> set[str]:
-    keys: set[str] = set()
-    for v in vertices:
-        keys.update(f["key"] for f in plan.templates[int(plan.arrays["vertex_template"][v])].get("facts", []))
-    return keys
+def _indptr(sorted_ids: np.ndarray, count: int) -> np.ndarray:
+    """CSR offsets of ids 0..count-1 (``sorted_ids`` as grouped by argsort)."""
+    indptr = np.zeros(count + 1, np.int64)
+    np.cumsum(np.bincount(sorted_ids, minlength=count), out=indptr[1:])
+    return indptr

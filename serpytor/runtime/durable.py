@@ -14,7 +14,7 @@ from typing import Any
 
 from ..compiler.kinds import VertexFlag
 from ..compiler.plan import Plan
-from .identity import vertex_key, vertex_key_parts
+from .identity import KeyMaker, vertex_key
 from .journal import Journal, JournalRecord
 from .store import OutputStore
 
@@ -36,23 +36,28 @@ class Durability:
         self.fresh = fresh
         self.digests: dict[int, str] = {}
         self.keys: dict[int, tuple[str, dict[str, str]]] = {}
+        self.key_maker = KeyMaker(plan)
+        if journal is not None and store is not None:
+            journal.before_commit.append(store.commit)
 
     @property
     def enabled(self) -> bool:
         return self.journal is not None
 
-    def lookup(self, vertex: int, context_facts: list[Any]) -> JournalRecord | None:
-        """Compute vertex's key; the journal record to reuse, if any."""
+    def lookup(self, vertex: int, context_facts: list[Any],
+               context_key: Any = None) -> JournalRecord | None:
+        """Compute vertex's key; the journal record to reuse, if any. ``context_key``
+        names the vertex's static context (see :meth:`ContextTracker.static_key`)."""
         if not self.enabled:
             return None
         plan = self.plan
         inputs = [(plan.vertex_name(p), self.digests[p]) for p in plan.predecessors(vertex).tolist()]
-        parts = vertex_key_parts(plan, vertex, inputs, context_facts)
+        parts = self.key_maker.parts(vertex, inputs, context_facts, context_key)
         key = vertex_key(parts)
         self.keys[vertex] = (key, parts)
         if self.fresh or plan.flags(vertex) & VertexFlag.VOLATILE:
             return None
-        record = self.journal.lookup(key)
+        record = self.journal.lookup(key, plan.pipeline)
         if record is None or not self.store.exists(record.output):
             return None
         self.digests[vertex] = record.output_digest
@@ -63,9 +68,10 @@ class Durability:
             return
         key, parts = self.keys[vertex]
         name = self.plan.vertex_name(vertex)
-        path, digest, _ = self.store.put(key, name, value)
-        self.digests[vertex] = digest
-        self.journal.record(key, self.plan.pipeline, name, parts, path, digest, published, seconds)
+        stored = self.store.put(key, name, value)
+        self.digests[vertex] = stored.digest
+        self.journal.record(key, self.plan.pipeline, name, parts, stored.path, stored.digest,
+                            published, seconds)
 
     def record_stored(self, vertex: int, path: str, digest: str, published: dict[str, Any],
                       seconds: float) -> None:
@@ -85,3 +91,5 @@ class Durability:
     def close(self) -> None:
         if self.journal is not None:
             self.journal.close()
+        if self.store is not None:
+            self.store.close()

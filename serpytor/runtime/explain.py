@@ -11,14 +11,14 @@ from ..compiler.kinds import VertexFlag
 from ..compiler.plan import Plan
 from .context import ContextTracker
 from .durable import Durability
-from .inline import ancestors, descendants
+from .inline import ancestors
 
 PART_WORDS = {
     "function": "its function's code changed",
     "arguments": "its arguments changed",
     "inputs": "its inputs changed",
     "context": "its context changed",
-    "partition": "its partition changed",
+    "vertex": "it was recorded under another name",
 }
 
 

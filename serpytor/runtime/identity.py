@@ -7,7 +7,8 @@ say which one changed:
   bytecode when the source is not available); for combiners, the aggregate's functions;
 * ``arguments``: the ``.spg`` arguments;
 * ``inputs``: each parent's name and the digest of its output, in partition order;
-* ``context``: the facts the vertex sees (key, value, origin, nearest).
+* ``context``: the facts the vertex sees (key, value, origin, nearest);
+* ``vertex``: its name (replica index included).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import json
 from typing import Any, Callable, Mapping
 
 from ..compiler.plan import Plan
-from .invoke import template_function
+from .invoke import on_reload, template_function
 
 
 def digest(data: bytes | str) -> str:
@@ -44,6 +45,9 @@ def function_digest(function: Callable) -> str:
         return digest(repr(function))
 
 
+on_reload(function_digest.cache_clear)
+
+
 def function_identity(plan: Plan, vertex: int) -> str:
     template = plan.vertex_template(vertex)
     if template["kind"] == "combiner":
@@ -56,18 +60,48 @@ def function_identity(plan: Plan, vertex: int) -> str:
     return f"{template['module']}:{template['function']}:{function_digest(function)}"
 
 
-def vertex_key_parts(plan: Plan, vertex: int, input_digests: list[tuple[str, str]],
-                     context_facts: list[Any]) -> dict[str, str]:
-    template = plan.vertex_template(vertex)
-    return {
-        "function": function_identity(plan, vertex),
-        "arguments": digest(canonical(template["arguments"])),
-        "inputs": digest(canonical(input_digests)),
-        "context": digest(canonical(sorted(
-            [f.key, f.value, f.origin, f.nearest] for f in context_facts))),
-        "partition": str(int(plan.arrays["vertex_partition"][vertex])),
-    }
+class KeyMaker:
+    """Journal keys of one plan's vertices. The parts that depend only on a vertex's
+    template (function identity, arguments) are computed once per template, and the
+    context digest once per distinct static context; only the inputs part is
+    per-vertex work."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.template_parts: dict[Any, tuple[str, str]] = {}
+        self.context_digests: dict[Any, str] = {}
+
+    def parts(self, vertex: int, input_digests: list[tuple[str, str]],
+              context_facts: list[Any], context_key: Any = None) -> dict[str, str]:
+        """The key's parts; ``context_key`` (hashable) names a static context whose
+        digest may be reused, None when published facts make it this vertex's own."""
+        function, arguments = self._template_parts(vertex)
+        return {"function": function, "arguments": arguments,
+                "inputs": digest(";".join(f"{name}={d}" for name, d in input_digests)),
+                "context": self._context_digest(context_facts, context_key),
+                # a vertex's records are its own: two vertices computing the same thing
+                # from the same inputs still run (and are recorded) each
+                "vertex": self.plan.vertex_name(vertex)}
+
+    def _template_parts(self, vertex: int) -> tuple[str, str]:
+        index = int(self.plan.arrays["vertex_template"][vertex])
+        template = self.plan.templates[index]
+        # templates that differ only by name (no arguments) share their parts
+        shared = (template["module"], template["function"]) \
+            if template["kind"] != "combiner" and not template["arguments"] else index
+        if shared not in self.template_parts:
+            self.template_parts[shared] = (function_identity(self.plan, vertex),
+                                           digest(canonical(template["arguments"])))
+        return self.template_parts[shared]
+
+    def _context_digest(self, facts: list[Any], key: Any) -> str:
+        if key is not None and key in self.context_digests:
+            return self.context_digests[key]
+        value = digest(canonical(sorted([f.key, f.value, f.origin, f.nearest] for f in facts)))
+        if key is not None:
+            self.context_digests[key] = value
+        return value
 
 
 def vertex_key(parts: Mapping[str, str]) -> str:
-    return digest(canonical(dict(parts)))
+    return digest("|".join(f"{name}={parts[name]}" for name in sorted(parts)))

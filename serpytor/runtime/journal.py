@@ -72,34 +72,52 @@ class Journal:
             self.db.executescript(SCHEMA)
         except sqlite3.DatabaseError as error:
             raise JournalError(f"cannot open the journal in {self.directory}: {error}") from None
-        self.pending: list[tuple] = []
+        self.pending: dict[str, tuple] = {}  # key -> row, not yet committed
         self.last_commit = time.monotonic()
+        # runs before each commit: the stored outputs the records point to come first
+        self.before_commit: list[Any] = []
+        self.known: dict[str, set[str]] = {}  # pipeline -> keys recorded when first asked
 
-    def lookup(self, key: str) -> JournalRecord | None:
+    def lookup(self, key: str, pipeline: str | None = None) -> JournalRecord | None:
+        """The record of ``key``. With ``pipeline``, the journal's keys of that pipeline
+        are read once, so a key never recorded costs no query."""
+        if key in self.pending:
+            return _record(self.pending[key])
+        if pipeline is not None and key not in self._known_keys(pipeline):
+            return None
         row = self.db.execute("SELECT * FROM vertices WHERE key = ?", (key,)).fetchone()
-        if row is None:
-            pending = next((p for p in self.pending if p[0] == key), None)
-            row = pending
         return _record(row) if row else None
+
+    def _known_keys(self, pipeline: str) -> set[str]:
+        if pipeline not in self.known:
+            rows = self.db.execute("SELECT key FROM vertices WHERE pipeline = ?", (pipeline,))
+            self.known[pipeline] = {key for (key,) in rows}
+        return self.known[pipeline]
 
     def record(self, key: str, pipeline: str, vertex: str, parts: dict[str, str],
                output: str, output_digest: str, published: dict[str, Any],
                seconds: float) -> None:
-        self.pending.append((key, pipeline, vertex, json.dumps(parts), output, output_digest,
-                             json.dumps(published), seconds, time.time()))
+        self.pending[key] = (key, pipeline, vertex, json.dumps(parts), output, output_digest,
+                             json.dumps(published) if published else "{}", seconds,
+                             time.time())
         if time.monotonic() - self.last_commit >= self.BATCH_SECONDS:
             self.flush()
 
     def flush(self) -> None:
         if not self.pending:
             return
+        for hook in self.before_commit:
+            hook()
         try:
             with self.db:
                 self.db.execute("BEGIN")
                 self.db.executemany("INSERT OR REPLACE INTO vertices VALUES "
-                                    "(?, ?, ?, ?, ?, ?, ?, ?, ?)", self.pending)
+                                    "(?, ?, ?, ?, ?, ?, ?, ?, ?)", self.pending.values())
         except sqlite3.DatabaseError as error:
             raise JournalError(f"cannot write the journal in {self.directory}: {error}") from None
+        for key, row in self.pending.items():
+            if row[1] in self.known:
+                self.known[row[1]].add(key)
         self.pending.clear()
         self.last_commit = time.monotonic()
 

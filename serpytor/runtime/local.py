@@ -4,10 +4,12 @@
 
 from __future__ import annotations
 
+import collections
 import os
 import selectors
 import subprocess
 import sys
+import threading
 import time
 
 from ..errors import SerpytorError
@@ -21,7 +23,9 @@ class ServerStartError(SerpytorError):
 
 
 class LocalServer:
-    """One ``serpytor server`` child process."""
+    """One ``serpytor server`` child process. Its output is forwarded to this process's
+    stderr line by line (what vertices print shows up, and a full pipe never blocks
+    the server); the last lines are kept for error messages."""
 
     def __init__(self, name: str, extra: list[str] | None = None) -> None:
         self.name = name
@@ -30,13 +34,24 @@ class LocalServer:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                         stdin=subprocess.DEVNULL, env=env, text=True)
-        self.address = self._await_ready()
+        self.tail: collections.deque[str] = collections.deque(maxlen=20)
+        self.address = ""
+        self.forwarders: list[threading.Thread] = []
 
-    def _await_ready(self) -> str:
+    def wait_ready(self, deadline: float) -> None:
+        """Wait for the server's ready line (spawn several servers first, then wait for
+        each: they import numpy and pyzmq in parallel)."""
+        self.address = self._await_ready(deadline)
+        self.forwarders = [threading.Thread(target=self._forward, args=(stream,), daemon=True,
+                                            name=f"serpytor-{self.name}-output")
+                           for stream in (self.process.stdout, self.process.stderr)]
+        for thread in self.forwarders:
+            thread.start()
+
+    def _await_ready(self, deadline: float) -> str:
         """Read the server's first line: ``serpytor server NAME listening on ADDR``."""
         selector = selectors.DefaultSelector()
         selector.register(self.process.stdout, selectors.EVENT_READ)
-        deadline = time.monotonic() + START_TIMEOUT_S
         try:
             while time.monotonic() < deadline:
                 if selector.select(timeout=0.1):
@@ -54,10 +69,19 @@ class LocalServer:
         raise ServerStartError(f"local server {self.name} did not start: {error or 'timed out'}")
 
     def _stderr_tail(self) -> str:
-        if self.process.poll() is None:
+        if self.process.poll() is None or self.process.stderr is None:
             return ""
-        return (self.process.stderr.read() or "").strip().splitlines()[-1:][0] \
-            if self.process.stderr else ""
+        lines = (self.process.stderr.read() or "").strip().splitlines()
+        return lines[-1] if lines else ""
+
+    def _forward(self, stream) -> None:
+        """Copy the child's lines until it exits (the pipe then ends), then close."""
+        with stream:
+            for line in stream:
+                if line.startswith(READY_PREFIX):
+                    continue  # a restarted server announcing itself again
+                self.tail.append(line.rstrip("\n"))
+                sys.stderr.write(line)
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -70,9 +94,12 @@ class LocalServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        for stream in (self.process.stdout, self.process.stderr):
-            if stream is not None:
-                stream.close()
+        for thread in self.forwarders:
+            thread.join(2.0)  # the pipes end with the process
+        if not self.forwarders:
+            for stream in (self.process.stdout, self.process.stderr):
+                if stream is not None:
+                    stream.close()
 
 
 class LocalServers:
@@ -84,6 +111,9 @@ class LocalServers:
         try:
             for index in range(count):
                 self.servers.append(LocalServer(f"local-{index}", extra))
+            deadline = time.monotonic() + START_TIMEOUT_S
+            for server in self.servers:
+                server.wait_ready(deadline)
         except BaseException:
             self.close()
             raise
@@ -91,12 +121,6 @@ class LocalServers:
     @property
     def addresses(self) -> list[str]:
         return [s.address for s in self.servers]
-
-    def replace(self, index: int) -> LocalServer:
-        """Restart server ``index`` (after it exited to get rid of a stuck vertex)."""
-        self.servers[index].stop()
-        self.servers[index] = LocalServer(f"local-{index}", self.extra)
-        return self.servers[index]
 
     def close(self) -> None:
         for server in self.servers:

@@ -4,27 +4,34 @@ Sockets, all owned by the I/O thread:
 
 * ``control`` (ROUTER, bound at the server's address): jobs, task batches, releases and
   pings from gateways; results go back on it.
-* ``data`` (ROUTER, bound on the same host, random port): peers fetch outputs this
-  server holds (``get`` -> ``data``). Payloads never pass through the gateway.
-* an inproc PAIR to the executor thread, which runs vertices one at a time and hands
-  its outgoing messages to the I/O thread (ZeroMQ sockets are not thread-safe).
+* ``data`` (ROUTER, bound on the same host, random port): peers fetch the outputs this
+  server holds (``get`` -> ``data``, see :mod:`serpytor.runtime.transfer`). Payloads
+  never pass through the gateway.
+* the executor thread runs vertices one at a time and hands its outgoing messages to
+  the I/O thread through a queue (ZeroMQ sockets are not thread-safe).
 
-State: ``jobs[job]`` the job's Plan and settings; ``objects`` the outputs held, until
-released; ``stats`` counters (tasks run, refused, rejected messages per peer).
+State: ``jobs[job]`` the job's Plan and settings; ``table`` the outputs held, until
+released; ``stats`` counters (tasks run, refused, rejected messages per peer);
+``incarnation`` a token that changes when the process restarts, so a gateway can tell
+a restarted server (which lost its outputs and jobs) from one that was only slow.
 
 An admission hook ``admit(plan, vertex) -> bool | str`` may refuse a task (a string is
 the reason); the gateway then places it elsewhere. A vertex past its ``timeout`` is
 interrupted; if it cannot be (it is blocked in C code), the server reports the failure
-and exits with status 75 so that its supervisor starts a fresh one.
+and restarts itself: it re-executes its own command line (``restart``), which keeps
+its pid and address, or exits with status 75 when it has none.
 """
 
 from __future__ import annotations
 
-import ctypes
+import json
 import logging
 import os
 import queue
+import secrets
+import shutil
 import socket
+import sys
 import threading
 import time
 import traceback
@@ -32,22 +39,30 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import numpy as np
 import zmq
 
+from ..compiler.kinds import ChannelKind
 from ..compiler.plan import Plan, decode_plan
 from ..errors import PlanFormatError, VertexTimeoutError
-from .context import Context, ContextFact
-from .invoke import run_vertex
-from .objects import ObjectStore, pack, unpack
+from .channels import close_pools, default_directory, sweep_segments
+from .context import Context, ContextTracker
+from .invoke import FunctionNotFoundError, Invoker, plan_modules, refresh_modules
 from .protocol import ProtocolError, decode, encode
-from .store import OutputStore
+from .store import OutputError, OutputStore, StoredFile, serialize
+from .tasks import Source, Task, parse_tasks
+from .timeouts import Interruptible, timeout_error
+from .transfer import (FetchError, Fetched, Holder, InputFetcher, OutputTable,
+                       TransferCounts, encoded_size, vertex_list)
 
 log = logging.getLogger("serpytor.server")
 
 EXIT_RESTART = 75  # "temporary failure": a supervisor restarts the server
 POLL_MS = 50
-FETCH_TIMEOUT_S = 120.0
 RESULT_FLUSH_S = 0.002
+STUCK_GRACE_S = 2.0  # after the interrupt, how long a vertex may take to notice it
+REPORT_PATIENCE_S = 10.0  # how long a restarted server waits for its gateway to return
+PENDING_REPORT = "SERPYTOR_PENDING_REPORT"  # carries that report across the re-exec
 
 Admission = Callable[[Plan, int], "bool | str"]
 
@@ -56,6 +71,13 @@ Admission = Callable[[Plan, int], "bool | str"]
 class Job:
     plan: Plan
     store: OutputStore | None
+    tracker: ContextTracker
+    invoker: Invoker
+    files: OutputStore | None = None  # [channel = file] outputs when nothing is journaled
+    file_edges: np.ndarray | None = None  # vertices with a file out-edge
+
+    def writes_file(self, vertex: int) -> bool:
+        return self.file_edges is not None and bool(self.file_edges[vertex])
 
 
 @dataclass
@@ -82,23 +104,38 @@ class Server:
                  admission: Admission | None = None,
                  allowed_modules: tuple[str, ...] | None = None,
                  store_dir: str | None = None,
-                 context: zmq.Context | None = None) -> None:
+                 context: zmq.Context | None = None,
+                 restart: Callable[[str], None] | None = None) -> None:
         self.ctx = context or zmq.Context.instance()
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
+        self.host = socket.gethostname()
+        self.incarnation = secrets.token_hex(8)
         self.admission = admission
         self.allowed_modules = allowed_modules
         self.store_dir = store_dir
+        self.restart = restart
         self.control = self._socket(zmq.ROUTER)
         self.address = bind_socket(self.control, bind)
-        host = self.address.split("://", 1)[1].rsplit(":", 1)[0]
+        data_host = self.address.split("://", 1)[1].rsplit(":", 1)[0]
         self.data = self._socket(zmq.ROUTER)
-        self.data_address = bind_socket(self.data, f"tcp://{host}:*")
+        self.data_address = bind_socket(self.data, f"tcp://{data_host}:*")
         self.jobs: dict[str, Job] = {}
-        self.objects = ObjectStore()
+        self.table = OutputTable()
+        self.holder = Holder(self.table, self.name, self.host, data_host)
+        self.transfers = TransferCounts()
         self.stats = ServerStats()
         self.tasks: queue.Queue = queue.Queue()
         self.outbox: queue.Queue = queue.Queue()
+        # the executor's wake-up call to the I/O thread (one socket per thread)
+        self.wake = self.ctx.socket(zmq.PULL)
+        self.wake.bind(f"inproc://serpytor-wake-{id(self):x}")
+        self.wake_sender = self.ctx.socket(zmq.PUSH)
+        self.wake_sender.setsockopt(zmq.SNDHWM, 1)
+        self.wake_sender.setsockopt(zmq.LINGER, 0)
+        self.wake_sender.connect(f"inproc://serpytor-wake-{id(self):x}")
         self.running: Running | None = None
+        self.vertex_region = Interruptible()  # where the watchdog may interrupt a vertex
+        self.pending: tuple[bytes, list, float] | None = None  # a report from before a restart
         self.warned_peers: set[bytes] = set()
         self._gateway_of: dict[str, bytes] = {}  # job -> identity of its gateway
         self.executor = threading.Thread(target=self._execute_loop, name="serpytor-executor",
@@ -107,16 +144,29 @@ class Server:
     def _socket(self, kind: int) -> zmq.Socket:
         sock = self.ctx.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.ROUTER_MANDATORY, 1) if kind == zmq.ROUTER else None
+        if kind == zmq.ROUTER:
+            sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         return sock
 
     # ---- I/O thread ---------------------------------------------------------------
+    def _post(self, identity: bytes, frames: list) -> None:
+        """From the executor: queue a message for the I/O thread and wake it up (it may
+        be waiting in poll; without the wake-up a result would wait for the poll to
+        time out)."""
+        self.outbox.put((identity, frames))
+        try:
+            self.wake_sender.send(b"", zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # a wake-up is already pending
+
     def serve(self, stop: threading.Event | None = None) -> None:
         """Serve until ``stop`` is set (or forever)."""
+        self._take_pending_report()
         self.executor.start()
         poller = zmq.Poller()
         poller.register(self.control, zmq.POLLIN)
         poller.register(self.data, zmq.POLLIN)
+        poller.register(self.wake, zmq.POLLIN)
         try:
             while stop is None or not stop.is_set():
                 events = dict(poller.poll(POLL_MS))
@@ -124,7 +174,11 @@ class Server:
                     self._drain(self.control, self._on_control)
                 if self.data in events:
                     self._drain(self.data, self._on_data)
+                if self.wake in events:
+                    _discard_all(self.wake)
                 self._send_outbox()
+                if self.pending is not None:
+                    self._deliver_pending()
                 self._watch_timeout()
         finally:
             self.close()
@@ -153,7 +207,7 @@ class Server:
         try:
             sock.send_multipart([identity, *frames], copy=False)
         except zmq.ZMQError:
-            pass  # the peer is gone; ROUTER_MANDATORY tells us, and there is no one to tell
+            pass  # the peer is gone (ROUTER_MANDATORY); there is no one to tell
 
     def _send_outbox(self) -> None:
         while True:
@@ -166,24 +220,25 @@ class Server:
     def _on_control(self, identity: bytes, message: dict, frames: list) -> None:
         kind = message["type"]
         if kind == "ping":
+            if self.pending is not None:
+                self._deliver_pending()  # the failure first: the pong says we restarted
             self._send(self.control, identity, encode(self._pong()))
         elif kind == "job":
             self._on_job(identity, message, frames)
         elif kind == "tasks":
             self._on_tasks(identity, message)
         elif kind == "release":
-            self.objects.release(str(message["job"]), _vertex_list(message["vertices"]))
+            self.table.release(str(message["job"]), vertex_list(message["vertices"]))
         elif kind == "end":
-            self.jobs.pop(str(message["job"]), None)
-            self.objects.drop_job(str(message["job"]))
+            self._end_job(str(message["job"]))
         else:
             raise ProtocolError(f"a server does not take {kind!r} messages on its control port")
 
     def _pong(self) -> dict:
         return {"type": "pong", "name": self.name, "data": self.data_address,
-                "host": socket.gethostname(), "pid": os.getpid(), "tasks": self.stats.tasks,
-                "queued": self.tasks.qsize(), "held": len(self.objects),
-                "rejected": sum(self.stats.rejected.values())}
+                "host": self.host, "pid": os.getpid(), "incarnation": self.incarnation,
+                "tasks": self.stats.tasks, "queued": self.tasks.qsize(),
+                "held": len(self.table), "rejected": sum(self.stats.rejected.values())}
 
     def _on_job(self, identity: bytes, message: dict, frames: list) -> None:
         job = str(message["job"])
@@ -193,23 +248,31 @@ class Server:
             plan = decode_plan(frames[0].bytes, f"plan of job {job}")
         except PlanFormatError as error:
             raise ProtocolError(str(error)) from None
+        overrides = message.get("overrides") or {}
+        if not isinstance(overrides, dict):
+            raise ProtocolError("job field 'overrides' must be an object")
         refusal = self._refuse_modules(plan)
         if refusal:
             self._send(self.control, identity, encode({"type": "error", "job": job,
                                                        "message": refusal}))
             return
+        try:
+            refresh_modules(plan)  # run the code the gateway keyed, not a stale import
+        except FunctionNotFoundError as error:
+            log.warning("server %s: %s", self.name, error)  # its tasks will fail with it
         store_dir = self.store_dir or message.get("store")
-        store = OutputStore(store_dir, bool(message.get("durable"))) if store_dir else None
-        self.jobs[job] = Job(plan, store)
+        durable = bool(message.get("durable"))
+        store = OutputStore(store_dir, durable) if store_dir else None
+        self.jobs[job] = Job(plan, store, ContextTracker(plan, overrides), Invoker(plan),
+                             None if store else OutputStore(default_directory(job), durable,
+                                                            pack_limit=0),
+                             _file_producers(plan))
+        self._gateway_of[job] = identity
 
     def _refuse_modules(self, plan: Plan) -> str | None:
         if self.allowed_modules is None:
             return None
-        modules = {t["module"] for t in plan.templates}
-        for t in plan.templates:
-            if t.get("aggregate"):
-                modules |= {m for m, _ in t["aggregate"]["functions"].values()}
-        denied = sorted(m for m in modules if not _allowed(m, self.allowed_modules))
+        denied = sorted(m for m in plan_modules(plan) if not _allowed(m, self.allowed_modules))
         if denied:
             return f"server {self.name} does not run modules {', '.join(denied)}"
         return None
@@ -220,17 +283,17 @@ class Server:
             raise ProtocolError(f"tasks for unknown job {job!r} (send the job first)")
         plan = self.jobs[job].plan
         accepted = []
-        for task in message["tasks"]:
-            vertex, attempt = _task_vertex(task, plan)
-            reason = self._admit(plan, vertex)
+        for task in parse_tasks(message["tasks"], plan):
+            reason = self._admit(plan, task.vertex)
             if reason is not None:
                 self.stats.refused += 1
                 self._send(self.control, identity, encode({
-                    "type": "refused", "job": job, "v": vertex, "attempt": attempt,
-                    "reason": reason}))
+                    "type": "refused", "job": job, "v": task.vertex,
+                    "attempt": task.attempt, "reason": reason}))
             else:
                 accepted.append(task)
         if accepted:
+            self._gateway_of[job] = identity
             self.tasks.put((identity, job, accepted))
 
     def _admit(self, plan: Plan, vertex: int) -> str | None:
@@ -247,17 +310,19 @@ class Server:
     def _on_data(self, identity: bytes, message: dict, frames: list) -> None:
         if message["type"] != "get":
             raise ProtocolError(f"the data port takes only 'get', not {message['type']!r}")
-        job = str(message["job"])
-        vertices = _vertex_list(message["vertices"])
-        missing = [v for v in vertices if not self.objects.has(job, v)]
-        if missing:
-            self._send(self.data, identity, encode({
-                "type": "error", "message": f"server {self.name} holds no output of "
-                f"vertices {missing[:10]} in job {job}", "missing": missing}))
+        self._send(self.data, identity, self.holder.answer(message))
+
+    def _end_job(self, job: str) -> None:
+        ended = self.jobs.pop(job, None)
+        self.table.drop_job(job)
+        sweep_segments(job)
+        if ended is None:
             return
-        items, payload = pack([(v, self.objects.get(job, v)) for v in vertices])
-        self._send(self.data, identity, encode({"type": "data", "job": job, "items": items},
-                                               *payload))
+        for store in (ended.store, ended.files):
+            if store is not None:
+                store.close()
+        if ended.files is not None:
+            shutil.rmtree(ended.files.root.parent, ignore_errors=True)
 
     def _watch_timeout(self) -> None:
         running = self.running
@@ -266,182 +331,248 @@ class Server:
         now = time.monotonic()
         if running.interrupted_at is None and now > running.deadline:
             running.interrupted_at = now
-            _raise_in_thread(self.executor, VertexTimeoutError)
-        elif running.interrupted_at is not None and now > running.interrupted_at + 2.0:
-            # the vertex is stuck where Python cannot interrupt it: report and restart
-            self._report_stuck(running)
-            self._send_outbox()
-            time.sleep(0.05)
-            os._exit(EXIT_RESTART)
+            self.vertex_region.interrupt(VertexTimeoutError)
+        elif running.interrupted_at is not None and now > running.interrupted_at + STUCK_GRACE_S:
+            self._restart_stuck(running)
 
-    def _report_stuck(self, running: Running) -> None:
+    def _restart_stuck(self, running: Running) -> None:
+        """The vertex is stuck where Python cannot interrupt it: start afresh (a thread
+        blocked in C ends only with its process). The failure is reported by the new
+        process, once its gateway has reconnected: a gateway that hears of the failure
+        finds the server answering again."""
+        report = self._stuck_report(running)
+        close_pools()
+        if self.restart is not None:
+            os.environ[PENDING_REPORT] = json.dumps(report)
+            self.restart(self.address)
+        self._send(self.control, bytes.fromhex(report["identity"]),
+                   encode(report["message"]))
+        time.sleep(0.05)  # let ZeroMQ hand the report to the network
+        os._exit(EXIT_RESTART)
+
+    def _stuck_report(self, running: Running) -> dict:
         plan = self.jobs[running.job].plan
         timeout = plan.vertex_template(running.vertex).get("timeout")
         identity = self._gateway_of.get(running.job, b"")
-        self.outbox.put((identity, encode({
+        return {"identity": identity.hex(), "message": {
             "type": "failed", "job": running.job, "v": running.vertex,
             "attempt": running.attempt, "error_type": "serpytor.errors.VertexTimeoutError",
             "message": f"vertex {plan.vertex_name(running.vertex)} ran past its timeout "
-                       f"of {timeout:g} s and could not be interrupted; server restarted",
-            "traceback": ""})))
+                       f"of {timeout:g} s and could not be interrupted; server "
+                       f"{self.name} restarted",
+            "traceback": ""}}
+
+    def _take_pending_report(self) -> None:
+        """After a restart: the report the previous process left, to be delivered."""
+        text = os.environ.pop(PENDING_REPORT, None)
+        if not text:
+            return
+        try:
+            report = json.loads(text)
+            self.pending = (bytes.fromhex(report["identity"]), encode(report["message"]),
+                            time.monotonic() + REPORT_PATIENCE_S)
+        except (ValueError, KeyError, TypeError):
+            log.warning("server %s: unreadable report from before its restart", self.name)
+
+    def _deliver_pending(self) -> None:
+        identity, frames, deadline = self.pending
+        try:
+            self.control.send_multipart([identity, *frames], copy=False)
+        except zmq.ZMQError:
+            if time.monotonic() < deadline:
+                return  # the gateway has not reconnected yet
+        self.pending = None
 
     def close(self) -> None:
         self.tasks.put(None)
-        self.control.close(0)
-        self.data.close(0)
+        self.executor.join(5.0)  # it owns wake_sender until it returns
+        for sock in (self.control, self.data, self.wake, self.wake_sender):
+            sock.close(0)
 
     # ---- executor thread ----------------------------------------------------------
     def _execute_loop(self) -> None:
-        fetcher = Fetcher(self.ctx)
+        fetcher = InputFetcher(self.ctx, self.host, self.transfers)
         try:
             while True:
                 item = self.tasks.get()
                 if item is None:
                     return
                 identity, job, tasks = item
-                self._gateway_of[job] = identity
                 self._execute_batch(identity, job, tasks, fetcher)
         finally:
             fetcher.close()
 
-    def _execute_batch(self, identity: bytes, job_id: str, tasks: list, fetcher: "Fetcher") -> None:
+    def _execute_batch(self, identity: bytes, job_id: str, tasks: list[Task],
+                       fetcher: InputFetcher) -> None:
         job = self.jobs.get(job_id)
         if job is None:
             return  # the job ended while its tasks were queued
         try:
-            remote = fetcher.fetch(job_id, tasks, self.objects)
+            fetched = fetcher.fetch(job_id, self._remote_inputs(job_id, tasks),
+                                    job.plan.vertex_name)
         except FetchError as error:
             for task in tasks:
-                self._fail(identity, job_id, job.plan, task, error, "")
+                self._fail(identity, job_id, task, error, "")
             return
+        try:
+            self._run_batch(identity, job_id, job, tasks, fetched)
+        finally:
+            fetched.close()
+
+    def _remote_inputs(self, job_id: str, tasks: list[Task]) -> dict[str, list[tuple[int, int]]]:
+        wanted: dict[str, dict[int, int]] = {}
+        for task in tasks:
+            for source in task.inputs:
+                if source.at and not self.table.has(job_id, source.vertex):
+                    wanted.setdefault(source.at, {})[source.vertex] = source.hint
+        return {address: sorted(inputs.items()) for address, inputs in wanted.items()}
+
+    def _run_batch(self, identity: bytes, job_id: str, job: Job, tasks: list[Task],
+                   fetched: Fetched) -> None:
         results: list[dict] = []
         flushed = time.monotonic()
         for task in tasks:
-            result = self._run_task(identity, job_id, job, task, remote)
+            if job_id not in self.jobs:
+                return  # ended meanwhile
+            result = self._run_task(identity, job_id, job, task, fetched)
             if result is not None:
                 results.append(result)
             if results and time.monotonic() - flushed > RESULT_FLUSH_S:
-                self.outbox.put((identity, encode({"type": "done", "job": job_id,
-                                                   "results": results})))
+                self._report_done(identity, job_id, results)
                 results, flushed = [], time.monotonic()
         if results:
-            self.outbox.put((identity, encode({"type": "done", "job": job_id,
-                                               "results": results})))
+            self._report_done(identity, job_id, results)
 
-    def _run_task(self, identity: bytes, job_id: str, job: Job, task: dict,
-                  remote: dict[int, Any]) -> dict | None:
+    def _report_done(self, identity: bytes, job_id: str, results: list[dict]) -> None:
+        job = self.jobs.get(job_id)
+        for store in (job.store, job.files) if job else ():
+            if store is not None:
+                store.commit()  # stored outputs are visible before they are reported
+        self._post(identity, encode({"type": "done", "job": job_id, "results": results,
+                                     "channels": self.transfers.take()}))
+
+    def _run_task(self, identity: bytes, job_id: str, job: Job, task: Task,
+                  fetched: Fetched) -> dict | None:
+        """Run one task; whatever goes wrong is reported as its failure, so the executor
+        thread never dies (a gateway would wait for its results forever)."""
+        try:
+            return self._run_task_reporting(identity, job_id, job, task, fetched)
+        except Exception as error:  # noqa: BLE001 - reported, never lost
+            log.exception("server %s: task %s of job %s", self.name, task.vertex, job_id)
+            self.table.release(job_id, [task.vertex])
+            self._fail(identity, job_id, task, error, traceback.format_exc())
+            return None
+
+    def _run_task_reporting(self, identity: bytes, job_id: str, job: Job, task: Task,
+                            fetched: Fetched) -> dict | None:
         plan = job.plan
-        vertex, attempt = int(task["v"]), int(task.get("attempt", 1))
-        inputs = {}
-        for source in task.get("inputs", ()):
-            parent = int(source["v"])
-            inputs[parent] = remote[parent] if parent in remote else \
-                self._local_input(job, job_id, source)
-        name = plan.vertex_name(vertex)
-        context = Context(name, [ContextFact(*f) for f in task.get("context", ())])
+        vertex = task.vertex
+        try:
+            inputs = {s.vertex: self._input(job, job_id, s, fetched) for s in task.inputs}
+        except (FetchError, OutputError) as error:
+            self._fail(identity, job_id, task, error, "")
+            return None
+        context = Context(plan.vertex_name(vertex), list(task.context) if task.context
+                          is not None else job.tracker.facts_for(vertex))
         timeout = plan.vertex_template(vertex).get("timeout")
         started = time.monotonic()
-        self.running = Running(job_id, vertex, attempt, started + timeout if timeout else None)
+        self.running = Running(job_id, vertex, task.attempt,
+                               started + timeout if timeout else None)
         try:
-            value = run_vertex(plan, vertex, inputs, context)
+            with self.vertex_region.region():
+                value = job.invoker.run(vertex, inputs, context)
         except BaseException as error:  # noqa: BLE001 - the vertex's failure is reported
             self.running = None
-            self._fail(identity, job_id, plan, task, error, traceback.format_exc())
+            if isinstance(error, VertexTimeoutError) and not error.args:
+                error = timeout_error(plan.vertex_name(vertex), timeout)
+            self._fail(identity, job_id, task, error, traceback.format_exc())
             return None
         self.running = None
         seconds = time.monotonic() - started
         self.stats.tasks += 1
-        self.objects.put(job_id, vertex, value)
-        result = {"v": vertex, "attempt": attempt, "seconds": seconds,
+        self.table.put(job_id, vertex, value)
+        result = {"v": vertex, "attempt": task.attempt, "seconds": seconds,
                   "published": context.published, "size": _size_of(value)}
-        if task.get("key") and job.store is not None:
-            try:
-                result["path"], result["digest"], data = job.store.put(task["key"], name, value)
-            except Exception as error:
-                self._fail(identity, job_id, plan, task, error, traceback.format_exc())
-                return None
-            result["size"] = len(data)
+        try:
+            self._keep(job, job_id, task, value, result)
+        except OutputError as error:
+            self.table.release(job_id, [vertex])
+            self._fail(identity, job_id, task, error, "")
+            return None
         return result
 
-    def _local_input(self, job: Job, job_id: str, source: dict) -> Any:
-        parent = int(source["v"])
-        if self.objects.has(job_id, parent):
-            return self.objects.get(job_id, parent)
-        if source.get("path") and job.store is not None:
-            value = job.store.get(source["path"], source["digest"])
-            self.objects.put(job_id, parent, value)
+    def _keep(self, job: Job, job_id: str, task: Task, value: Any, result: dict) -> None:
+        """Store the output when it is journaled, or when a file channel leaves it."""
+        store = job.store if task.key else job.files if job.writes_file(task.vertex) else None
+        if store is None:
+            return
+        name = job.plan.vertex_name(task.vertex)
+        encoded = serialize(value, name)
+        # a file channel is named by vertex; the store picks the next execution version
+        stored: StoredFile = store.put_serialized(task.key or f"v{task.vertex}", name,
+                                                  *encoded)
+        self.table.keep_encoded(job_id, task.vertex, encoded)
+        result["size"] = encoded_size(encoded)
+        if task.key:
+            result["path"], result["digest"] = stored.path, stored.digest
+        else:
+            result["file"] = str(store.root.parent / stored.path)
+            result["digest"] = stored.digest
+
+    def _input(self, job: Job, job_id: str, source: Source, fetched: Fetched) -> Any:
+        if source.vertex in fetched.values:
+            return fetched.values[source.vertex]
+        if self.table.has(job_id, source.vertex):
+            self.transfers.add("memory")
+            return self.table.get(job_id, source.vertex)
+        if source.path and source.digest:
+            try:
+                value = self._read_stored(job, source)
+            except OutputError as error:  # gone or damaged: its producer must run again
+                raise FetchError(str(error), [source.vertex]) from None
+            self.transfers.add("file")
             return value
         raise FetchError(f"server {self.name} has no output of vertex "
-                         f"{job.plan.vertex_name(parent)}")
+                         f"{job.plan.vertex_name(source.vertex)}", [source.vertex])
 
-    def _fail(self, identity: bytes, job_id: str, plan: Plan, task: dict,
-              error: BaseException, text: str) -> None:
+    def _read_stored(self, job: Job, source: Source) -> Any:
+        # a journaled output (a path relative to the journal) or a file channel of this
+        # job (an absolute path, which the store reads as it is)
+        store = job.store or job.files
+        if store is None:
+            raise OutputError(f"server {self.name} has no store to read {source.path} from")
+        return store.get(source.path, source.digest)
+
+    def _fail(self, identity: bytes, job_id: str, task: Task, error: BaseException,
+              text: str) -> None:
         self.stats.failed += 1
         kind = type(error)
-        self.outbox.put((identity, encode({
-            "type": "failed", "job": job_id, "v": int(task["v"]),
-            "attempt": int(task.get("attempt", 1)),
-            "error_type": f"{kind.__module__}.{kind.__qualname__}", "message": str(error),
-            "traceback": text})))
+        message = {"type": "failed", "job": job_id, "v": task.vertex, "attempt": task.attempt,
+                   "error_type": f"{kind.__module__}.{kind.__qualname__}",
+                   "message": str(error), "traceback": text}
+        if isinstance(error, FetchError):
+            # inputs whose outputs are gone: the gateway re-runs their producers
+            inputs = {s.vertex for s in task.inputs}
+            message["lost_inputs"] = sorted(inputs & set(error.lost))
+        self._post(identity, encode(message))
 
 
-class FetchError(Exception):
-    """An input could not be fetched from the server holding it."""
+def _file_producers(plan: Plan) -> np.ndarray | None:
+    """Which vertices have an out-edge hinted ``[channel = file]``."""
+    file_edges = plan.arrays["edge_channel"] == ChannelKind.FILE
+    if not file_edges.any():
+        return None
+    producers = np.zeros(plan.n_vertices, bool)
+    producers[plan.arrays["edge_src"][file_edges]] = True
+    return producers
 
 
-class Fetcher:
-    """The executor's DEALER sockets to peers' data ports, one per address."""
-
-    def __init__(self, ctx: zmq.Context) -> None:
-        self.ctx = ctx
-        self.sockets: dict[str, zmq.Socket] = {}
-
-    def socket_for(self, address: str) -> zmq.Socket:
-        if address not in self.sockets:
-            sock = self.ctx.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.connect(address)
-            self.sockets[address] = sock
-        return self.sockets[address]
-
-    def fetch(self, job: str, tasks: list[dict], objects: ObjectStore) -> dict[int, Any]:
-        """Every input of ``tasks`` held by another server, one request per server."""
-        wanted: dict[str, set[int]] = {}
-        for task in tasks:
-            for source in task.get("inputs", ()):
-                address = source.get("at")
-                if address and not objects.has(job, int(source["v"])):
-                    wanted.setdefault(address, set()).add(int(source["v"]))
-        for address, vertices in wanted.items():
-            self.socket_for(address).send_multipart(
-                encode({"type": "get", "job": job, "vertices": sorted(vertices)}))
-        values: dict[int, Any] = {}
-        for address in wanted:
-            values.update(self._receive(address))
-        return values
-
-    def _receive(self, address: str) -> dict[int, Any]:
-        sock = self.socket_for(address)
-        if not sock.poll(FETCH_TIMEOUT_S * 1000):
-            self._reset(address)
-            raise FetchError(f"the server at {address} did not send the inputs within "
-                             f"{FETCH_TIMEOUT_S:g} s")
-        frames = sock.recv_multipart(copy=False)
+def _discard_all(sock: zmq.Socket) -> None:
+    while True:
         try:
-            message, payload = decode(frames)
-            if message["type"] != "data":
-                raise FetchError(f"the server at {address} answered: "
-                                 f"{message.get('message', message['type'])}")
-            return unpack(message["items"], [f.buffer for f in payload])
-        except (ProtocolError, ValueError, KeyError) as error:
-            raise FetchError(f"bad data from the server at {address}: {error}") from None
-
-    def _reset(self, address: str) -> None:
-        self.sockets.pop(address).close(0)
-
-    def close(self) -> None:
-        for sock in self.sockets.values():
-            sock.close(0)
+            sock.recv(zmq.NOBLOCK)
+        except zmq.Again:
+            return
 
 
 def bind_socket(sock: zmq.Socket, address: str) -> str:
@@ -452,23 +583,24 @@ def bind_socket(sock: zmq.Socket, address: str) -> str:
     return sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
 
+def reexec_restart(argv: list[str]) -> Callable[[str], None]:
+    """A ``restart`` that replaces this process by a fresh server at the same address
+    (same pid, so a supervisor or a gateway holding the process sees it live on)."""
+
+    def restart(address: str) -> None:
+        args = list(argv)
+        if "--bind" in args:
+            args[args.index("--bind") + 1] = address
+        else:
+            args += ["--bind", address]
+        sys.stdout.flush()
+        os.execv(sys.executable, [sys.executable, "-m", "serpytor", *args])
+
+    return restart
+
+
 def _allowed(module: str, patterns: tuple[str, ...]) -> bool:
     return any(module == p or module.startswith(p + ".") for p in patterns)
-
-
-def _vertex_list(value: Any) -> list[int]:
-    if not isinstance(value, list) or not all(isinstance(v, int) for v in value):
-        raise ProtocolError("vertices must be a list of integers")
-    return value
-
-
-def _task_vertex(task: Any, plan: Plan) -> tuple[int, int]:
-    if not isinstance(task, dict) or not isinstance(task.get("v"), int):
-        raise ProtocolError("a task must be an object with an integer 'v'")
-    vertex = task["v"]
-    if not 0 <= vertex < plan.n_vertices:
-        raise ProtocolError(f"task vertex {vertex} is not in the plan")
-    return vertex, int(task.get("attempt", 1))
 
 
 def _size_of(value: Any) -> int:
@@ -480,6 +612,4 @@ def _size_of(value: Any) -> int:
     return 0
 
 
-def _raise_in_thread(thread: threading.Thread, exception: type[BaseException]) -> None:
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident),
-                                               ctypes.py_object(exception))
+__all__ = ["Admission", "EXIT_RESTART", "Server", "bind_socket", "reexec_restart"]

@@ -1,19 +1,38 @@
-"""Where journaled outputs live: one file per recorded vertex output.
+"""Where journaled outputs live: a ``file`` channel per recorded vertex output, or, for
+small outputs, a row of this process's pack (:mod:`serpytor.runtime.packs`).
 
-Files are named by the vertex's journal key (``outputs/ab/abcdef....out``), written to a
-temporary name and renamed, and fsync'd (file and directory) when the run asks for
-durability. The digest recorded in the journal is BLAKE2b of the file's bytes.
+An output is a file channel (see :mod:`serpytor.runtime.channels.file`): written under a
+temporary name and linked into place when complete, fsync'd (file and directory) when
+the run asks for durability, with a crc-checked frame header and an end frame so a
+truncated or foreign file is refused. Files are named by journal key and execution
+version, ``outputs/ab/abcdef....p0.v<version>.chan``: a re-execution of the same key
+(a crash before the journal recorded it, a duplicate of a slow vertex) writes the next
+version and never overwrites a file another reader may hold open.
+
+The digest recorded in the journal is the channel's content digest (BLAKE2b-256 over
+the item frames, excluding the file header that names the version), so two executions
+that produce the same value have the same digest; it is checked again before a stored
+output is reused.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-import pickle
+import sqlite3
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..compiler.kinds import ChannelKind
 from ..errors import SerpytorError
+from .channels import (ChannelDescriptor, ChannelError, ChannelExistsError, EndOfChannel,
+                       FileReader, FileWriter, content_digest, get_serializer)
+from .channels.framing import FrameError
+from .packs import (PACK_LIMIT, OutputPack, PackError, PackReader, digest_of, frame_bytes,
+                    split_name, unframe)
+
+SERIALIZER = get_serializer("pickle")
+STORE_JOB = "journal"  # the job name stamped in stored files; the key says the rest
+MAX_VERSIONS = 1000
 
 
 class OutputError(SerpytorError):
@@ -21,52 +40,147 @@ class OutputError(SerpytorError):
     missing file)."""
 
 
+@dataclass(frozen=True)
+class StoredFile:
+    """Where a stored output is, relative to the journal directory."""
+
+    path: str
+    digest: str
+    size: int
+
+
 class OutputStore:
-    def __init__(self, directory: str | Path, durable: bool = False) -> None:
+    """The outputs of one journal directory: small ones in this process's pack (see
+    :mod:`serpytor.runtime.packs`), the rest as file channels. ``pack_limit=0`` stores
+    every output as a file."""
+
+    def __init__(self, directory: str | Path, durable: bool = False,
+                 pack_limit: int = PACK_LIMIT) -> None:
         self.root = Path(directory) / "outputs"
         self.durable = durable
+        self.pack_limit = pack_limit
+        self.pack = OutputPack(self.root / "packs", durable) if pack_limit else None
+        self.packs = PackReader()
 
-    def path_for(self, key: str) -> str:
-        return f"outputs/{key[:2]}/{key}.out"
+    def put(self, key: str, vertex: str, value: Any) -> StoredFile:
+        """Store ``value`` (serialized here) as the output recorded under ``key``."""
+        header, buffers = serialize(value, vertex)
+        return self.put_serialized(key, vertex, header, buffers)
 
-    def put(self, key: str, vertex: str, value: Any) -> tuple[str, str, bytes]:
-        """Store value; returns (relative path, digest, bytes)."""
-        try:
-            data = pickle.dumps(value, protocol=5)
-        except Exception as error:  # pickling runs arbitrary user code
-            raise OutputError(f"vertex {vertex} returned a value that cannot be stored: "
-                              f"{type(error).__name__}: {error}") from None
-        relative = self.path_for(key)
-        path = self.root.parent / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as out:
-            out.write(data)
-            if self.durable:
-                out.flush()
-                os.fsync(out.fileno())
-        os.replace(tmp, path)
-        if self.durable:
-            _fsync_directory(path.parent)
-        return relative, hashlib.blake2b(data, digest_size=20).hexdigest(), data
+    def put_serialized(self, key: str, vertex: str, header: bytes,
+                       buffers: list[Any]) -> StoredFile:
+        size = len(header) + sum(memoryview(b).nbytes for b in buffers)
+        if self.pack is not None and size < self.pack_limit:
+            data = frame_bytes(header, buffers)
+            try:
+                name = self.pack.put(key, data)
+            except sqlite3.Error as error:
+                raise OutputError(f"vertex {vertex}: cannot store its output in "
+                                  f"{self.pack.path}: {error}") from None
+            return StoredFile(f"outputs/packs/{name}", digest_of(data), len(data))
+        return self._put_file(key, vertex, header, buffers)
+
+    def commit(self) -> None:
+        """Make what was put so far visible to other processes (call it before the
+        outputs are reported or journaled)."""
+        if self.pack is not None:
+            self.pack.commit()
+
+    def close(self) -> None:
+        if self.pack is not None:
+            self.pack.close()
+        self.packs.close()
+
+    def _put_file(self, key: str, vertex: str, header: bytes,
+                  buffers: list[Any]) -> StoredFile:
+        folder = self.root / key[:2]
+        folder.mkdir(parents=True, exist_ok=True)
+        for version in range(MAX_VERSIONS):
+            try:
+                writer = FileWriter(_descriptor(key, version), directory=folder,
+                                    durable=self.durable, digest=True, metadata=False)
+                with writer:
+                    writer.write_serialized(header, buffers)
+            except ChannelExistsError:
+                continue  # an earlier (or concurrent) execution took this version
+            except ChannelError as error:
+                raise OutputError(f"vertex {vertex}: cannot store its output: "
+                                  f"{error.reason}") from None
+            except OSError as error:  # a full disk, a read-only store
+                raise OutputError(f"vertex {vertex}: cannot store its output in {folder}: "
+                                  f"{error.strerror}") from None
+            path = Path(writer.descriptor.location)
+            return StoredFile(str(path.relative_to(self.root.parent)), str(writer.digest),
+                              writer.statistics().bytes)
+        raise OutputError(f"vertex {vertex}: {MAX_VERSIONS} versions of output {key} "
+                          f"exist in {folder}")
 
     def exists(self, relative: str) -> bool:
+        packed = split_name(relative)
+        if packed is not None:
+            return self.packs.exists(self.root.parent / packed[0], packed[1])
         return (self.root.parent / relative).is_file()
 
     def get(self, relative: str, digest: str) -> Any:
+        """The stored value, after checking its content against ``digest``."""
+        packed = split_name(relative)
+        if packed is not None:
+            return self._get_packed(self.root.parent / packed[0], packed[1], digest)
         path = self.root.parent / relative
         try:
-            data = path.read_bytes()
+            if content_digest(path) != digest:
+                raise OutputError(f"stored output {path} is damaged (digest mismatch)")
+            return read_stored(path)
+        except FileNotFoundError:
+            raise OutputError(f"stored output {path} is missing") from None
+        except ChannelError as error:
+            raise OutputError(f"stored output {path} cannot be read: {error.reason}") from None
         except OSError as error:
             raise OutputError(f"stored output {path} cannot be read: {error.strerror}") from None
-        if hashlib.blake2b(data, digest_size=20).hexdigest() != digest:
-            raise OutputError(f"stored output {path} is damaged (digest mismatch)")
-        return pickle.loads(data)
 
 
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
+    def _get_packed(self, path: Path, row: int, digest: str) -> Any:
+        try:
+            data = self.packs.get(path, row)
+            if digest_of(data) != digest:
+                raise OutputError(f"stored output {path}#{row} is damaged (digest mismatch)")
+            return SERIALIZER.loads(*unframe(data))
+        except (PackError, sqlite3.Error, FrameError) as error:
+            raise OutputError(f"stored output {path}#{row} cannot be read: {error}") from None
+
+
+def serialize(value: Any, vertex: str) -> tuple[bytes, list[Any]]:
+    """``(header, buffers)`` of a vertex output; OutputError naming the vertex when the
+    value cannot be pickled (pickling runs arbitrary user code)."""
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        return SERIALIZER.dumps(value)
+    except Exception as error:
+        raise OutputError(f"vertex {vertex} returned a value that cannot be stored: "
+                          f"{type(error).__name__}: {error}") from None
+
+
+def read_stored(path: Path) -> Any:
+    """The one item of a stored output file."""
+    key, version = _identity_of(path)
+    with FileReader(_descriptor(key, version, str(path)), timeout=0) as reader:
+        try:
+            return reader.read()
+        except EndOfChannel:
+            raise OutputError(f"stored output {path} holds no value") from None
+
+
+def _descriptor(key: str, version: int, location: str = "") -> ChannelDescriptor:
+    return ChannelDescriptor(ChannelKind.FILE, location, vertex=key, port=0,
+                             version=version, job=STORE_JOB, requested=ChannelKind.FILE)
+
+
+def _identity_of(path: Path) -> tuple[str, int]:
+    """Key and version from a stored file's name (``KEY.p0.vN.chan``)."""
+    stem = path.name.removesuffix(".chan")
+    key, _, rest = stem.partition(".p0.v")
+    if not rest.isdigit():
+        raise OutputError(f"{path} is not a stored output (unexpected name)")
+    return key, int(rest)
+
+
+__all__ = ["OutputError", "OutputStore", "StoredFile", "read_stored", "serialize"]

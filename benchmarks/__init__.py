@@ -1,0 +1,1 @@
+"""Benchmarks of SerPyTor; a package so that local servers can import ``benchmarks.run_tasks``."""

@@ -1,0 +1,149 @@
+"""The gateway's connections to servers, and how it tells a live server from a lost one.
+
+One :class:`Link` per server: a DEALER connected to the server's control address (with
+a fixed routing id, so replies survive a reconnection), and a monitor socket that
+reports the TCP connection dropping and coming back. A link is
+
+* ``ready`` once the server answered a ``ping`` with its name, data address, host
+  and *incarnation* (a token the server draws when its process starts);
+* ``down`` from the moment the connection dropped: a server that restarts itself
+  (after a vertex wedged in C code) comes back within seconds with a new
+  incarnation, having lost its jobs and outputs; one that does not come back within
+  ``reconnect_grace`` is lost;
+* ``lost``: it died (its process exited, or it stayed silent or unreachable too long).
+
+Silence is measured from the last message heard; the gateway pings a link that has
+work in flight once it has been quiet for ``ping_interval``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from .protocol import ProtocolError, decode, encode
+
+READY, DOWN, LOST = "ready", "down", "lost"
+MONITORED = zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
+
+
+@dataclass
+class Timing:
+    """How patient the gateway is with servers (seconds)."""
+
+    handshake: float = 10.0        # first answer of every server at the start
+    ping_interval: float = 1.0     # ping a quiet server with work in flight this often
+    silence: float = 30.0          # no message for this long with work in flight: lost
+    reconnect_grace: float = 5.0   # connection down this long: lost
+
+
+@dataclass
+class Link:
+    """The gateway's connection to one server."""
+
+    index: int
+    address: str
+    sock: zmq.Socket
+    monitor: zmq.Socket
+    process: Any = None            # a LocalServer in the embedded default
+    name: str = ""
+    data: str = ""
+    host: str = ""
+    incarnation: str = ""
+    state: str = READY
+    in_flight: dict[int, int] = field(default_factory=dict)  # vertex -> attempt
+    last_heard: float = field(default_factory=time.monotonic)
+    last_ping: float = 0.0
+    down_since: float | None = None
+    why_lost: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} at {self.address}" if self.name else self.address
+
+    @property
+    def usable(self) -> bool:
+        return self.state == READY
+
+    def send(self, message: dict, *frames: Any) -> None:
+        try:
+            self.sock.send_multipart(encode(message, *frames), zmq.NOBLOCK, copy=False)
+        except zmq.ZMQError:
+            pass  # queued or dropped; silence handling covers a server that is gone
+
+    def ping(self, now: float) -> None:
+        self.last_ping = now
+        self.send({"type": "ping"})
+
+    def read(self) -> dict | None:
+        """The next message (validated), or None for a garbled one."""
+        frames = self.sock.recv_multipart(copy=False)
+        self.last_heard = time.monotonic()
+        try:
+            return decode(frames)[0]
+        except ProtocolError:
+            return None  # a garbled reply is dropped; silence handling covers the rest
+
+    def connection_events(self) -> list[int]:
+        """Monitor events since the last call (disconnected, handshake succeeded)."""
+        events = []
+        while self.monitor.poll(0):
+            try:
+                events.append(int(recv_monitor_message(self.monitor)["event"]))
+            except (zmq.ZMQError, ValueError, KeyError):
+                break
+        return events
+
+    def close(self) -> None:
+        try:
+            self.sock.disable_monitor()
+        except zmq.ZMQError:
+            pass
+        self.monitor.close(0)
+        self.sock.close(0)
+
+
+def open_link(ctx: zmq.Context, index: int, address: str, routing_id: bytes,
+              process: Any = None) -> Link:
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.ROUTING_ID, routing_id)
+    sock.setsockopt(zmq.RECONNECT_IVL, 100)
+    monitor = sock.get_monitor_socket(MONITORED)
+    sock.connect(address)
+    return Link(index, address, sock, monitor, process)
+
+
+def learn(link: Link, pong: dict) -> bool:
+    """Take a server's identity from its pong; True when its incarnation changed
+    (the process restarted and lost what it held)."""
+    link.name, link.data = str(pong.get("name", "")), str(pong.get("data", ""))
+    link.host = str(pong.get("host", ""))
+    incarnation = str(pong.get("incarnation", ""))
+    restarted = bool(link.incarnation) and incarnation != link.incarnation
+    link.incarnation = incarnation
+    return restarted
+
+
+def handshake(links: list[Link], timeout: float) -> list[Link]:
+    """Ping every link and wait for the pongs; returns the links that did not answer."""
+    for link in links:
+        link.ping(time.monotonic())
+    deadline = time.monotonic() + timeout
+    waiting = {link.index: link for link in links}
+    poller = zmq.Poller()
+    for link in links:
+        poller.register(link.sock, zmq.POLLIN)
+    while waiting and time.monotonic() < deadline:
+        events = dict(poller.poll(50))
+        for link in list(waiting.values()):
+            while link.sock in events and link.sock.poll(0):
+                message = link.read()
+                if message and message["type"] == "pong":
+                    learn(link, message)
+                    waiting.pop(link.index, None)
+    return list(waiting.values())
