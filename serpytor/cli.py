@@ -176,9 +176,13 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         "(VALUE is JSON, or a plain string)")
     parser.add_argument("--output", choices=("text", "json"), default="text",
                         help="how to print the results")
-    parser.add_argument("--placement", choices=("locality", "least_loaded", "round_robin"),
-                        default="locality", help="how the gateway picks a server for each "
-                        "vertex (default: locality)")
+    parser.add_argument("--queues", choices=("single", "stage"), default="single",
+                        help="ready vertices wait in one queue (by priority) or in one "
+                        "queue per stage, served in turn")
+    parser.add_argument("--placement", metavar="POLICY", type=_placement,
+                        help="how the gateway picks a server for each vertex: locality, "
+                        "least_loaded, round_robin or MODULE:FUNCTION (default: the "
+                        "pipeline's placement, else locality)")
     add_journal_arguments(parser)
 
 
@@ -209,6 +213,16 @@ def _address_list(text: str) -> list[str]:
     return addresses
 
 
+def _placement(text: str) -> str:
+    if text in ("locality", "least_loaded", "round_robin"):
+        return text
+    module, sep, function = text.partition(":")
+    if not sep or not module or not function:
+        raise argparse.ArgumentTypeError(f"expected locality, least_loaded, round_robin or "
+                                         f"MODULE:FUNCTION, got {text!r}")
+    return text
+
+
 def _assignment(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key.isidentifier():
@@ -225,7 +239,8 @@ def run_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     result = run(args.pipeline, inline=args.inline, workers=args.workers,
                  servers=args.servers, journal=False if args.no_journal else args.journal,
                  fresh=args.fresh, durable=args.durable, overrides=dict(args.set),
-                 keep_going=args.keep_going, progress=True, placement=args.placement)
+                 keep_going=args.keep_going, progress=True, placement=args.placement,
+                 queues=args.queues)
     if args.output == "json":
         print(json.dumps({"outputs": {k: _jsonable(v) for k, v in result.outputs.items()},
                           "stats": result.stats}))
@@ -236,6 +251,11 @@ def run_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         print(f"{stats['vertices']} vertices: {stats['executed']} executed, "
               f"{stats['reused']} reused, {stats['failed_attempts']} failed attempts "
               f"in {stats['seconds']:.2f} s", file=sys.stderr)
+    for event in result.server_events:
+        why = f": {event['why']}" if event.get("why") else ""
+        print(f"server {event['server']} {event['event']}{why}", file=sys.stderr)
+    if result.lost_attempts:
+        print(f"{result.lost_attempts} attempts were lost and run again", file=sys.stderr)
     if result.error is not None:
         print(str(result.error), file=sys.stderr)
         return 1
@@ -260,6 +280,8 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
                         "these modules (and their submodules)")
     parser.add_argument("--store", metavar="DIR", help="where journaled outputs are stored "
                         "(default: the gateway's journal directory)")
+    parser.add_argument("--no-heartbeat", action="store_true", help="do not start a "
+                        "heartbeat process beside the server")
     parser.add_argument("-v", "--verbose", action="store_true", help="log and show tracebacks")
 
 
@@ -283,7 +305,7 @@ def server_command(args: argparse.Namespace) -> int:
     try:
         server = Server(args.bind, name=args.name, admission=admission,
                         allowed_modules=allowed, store_dir=args.store,
-                        restart=reexec_restart(args.argv))
+                        restart=reexec_restart(args.argv), heartbeat=not args.no_heartbeat)
     except Exception as error:  # zmq errors: address in use, bad address
         raise UserError(f"error: cannot bind {args.bind}: {error}") from None
     stop = threading.Event()
@@ -350,6 +372,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     explain_parser = commands.add_parser("explain", help="say why a vertex would be "
                                          "reused or re-run")
     add_explain_arguments(explain_parser)
+    from .runtime.heartbeat import add_heartbeat_arguments, heartbeat_command
+
+    heartbeat_parser = commands.add_parser("heartbeat", help="answer heartbeat requests "
+                                           "with this machine's figures")
+    add_heartbeat_arguments(heartbeat_parser)
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # a server restarts with it
     handlers: dict[str, Callable[[], int]] = {
@@ -357,6 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "run": lambda: run_command(args, run_parser),
         "explain": lambda: explain_command(args),
         "server": lambda: server_command(args),
+        "heartbeat": lambda: heartbeat_command(args),
     }
     return run_guarded(handlers[args.command], getattr(args, "verbose", False))
 

@@ -14,8 +14,8 @@ re-run completes the pipeline, and the log proves that no recorded vertex ran ag
 
 from __future__ import annotations
 
+import json
 import random
-import subprocess
 
 import pytest
 from runtime_helpers import (
@@ -94,9 +94,9 @@ def test_gateway_killed_at_a_random_point(seed, tmp_path, monkeypatch, fault_fre
 
 
 def test_a_server_killed_at_a_random_point(tmp_path, monkeypatch, fault_free):
-    """--servers with two servers; one is SIGKILLed mid-run. The run must fail within
-    10 s with an error naming that server, and a re-run re-executes no recorded
-    vertex."""
+    """--servers with two servers; one is SIGKILLed mid-run. The run finishes on the
+    other with the fault-free results, naming the lost server; what the victim held is
+    recomputed or read from the journal, and a re-run executes nothing."""
     rng = random.Random(44)
     kill_after = rng.randrange(4, 30)
     log, journal = tmp_path / "executions.log", tmp_path / "journal"
@@ -104,33 +104,25 @@ def test_a_server_killed_at_a_random_point(tmp_path, monkeypatch, fault_free):
     victim, survivor = (own[0], own[1]) if rng.random() < 0.5 else (own[1], own[0])
     try:
         process = spawn_cli("run", SLOW, "--servers", ",".join(s.address for s in own),
-                            "--journal", journal, env=child_env(SPT_LOG=str(log)))
-        ended = False
+                            "--journal", journal, "--output", "json",
+                            env=child_env(SPT_LOG=str(log)))
         try:
             wait_for(lambda: len(log_lines(log)) >= kill_after or process.poll() is not None,
                      60, f"{kill_after} executions")
             assert process.poll() is None, "the run ended before the kill point"
             victim.kill()
-            try:
-                _, err = process.communicate(timeout=10)
-                ended = True
-            except subprocess.TimeoutExpired:
-                pass
+            out, err = process.communicate(timeout=30)
         finally:
-            if not ended:
+            if process.poll() is None:
                 kill_group(process)
-                _, err = process.communicate()
-        # the survivor may still run tasks of the dead job: stop it before reading the log
-        survivor.stop()
-
-        recorded = journaled_vertices(journal)
-        result, executed = rerun_to_completion(monkeypatch, log, journal)
-        check_recovery(result, executed, recorded, fault_free)
-
-        assert ended, (f"the gateway did not end within 10 s of server {victim.name} "
-                       f"({victim.address}) being killed")
-        assert process.returncode == 1
-        assert victim.name in err or victim.address in err, err
+                process.communicate()
+        assert process.returncode == 0, err
+        assert json.loads(out)["outputs"] == fault_free
+        assert victim.name in err and "lost" in err, err
         assert "Traceback" not in err
+        assert set(log_lines(log)) == NAMES
+        assert sorted(journaled_vertices(journal)) == sorted(NAMES)
+        result, executed = rerun_to_completion(monkeypatch, log, journal)
+        assert executed == [] and result.outputs == fault_free
     finally:
         stop_all(own)

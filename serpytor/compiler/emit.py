@@ -62,6 +62,7 @@ def plan_meta(ir: IR, context: ContextTables) -> dict[str, Any]:
         "facts": [{"key": key, "value": value, "origin": origin, "line": _line(fact.span)}
                   for key, value, origin, fact in context.facts],
         "contexts": context.contexts,
+        "placement": ir.placement,
     }
 
 

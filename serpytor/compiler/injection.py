@@ -16,6 +16,7 @@ import importlib
 import inspect
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable
 
 from ._errors import compile_error, did_you_mean
@@ -82,6 +83,9 @@ def check_injection(ir: IR) -> IR:
             check_signature(ir, template, function, parents[template.index])
         for ref in (template.aggregate.functions.values() if template.aggregate else ()):
             resolve_function(ir, ref, template, modules)
+    if ir.placement and "module" in ir.placement:  # a user's allocation function
+        ref = FunctionRef(ir.placement["module"], ir.placement["function"])
+        resolve_function(ir, ref, SimpleNamespace(span=ir.placement_span), modules)
     return ir
 
 

@@ -151,6 +151,8 @@ class IR:
     groups: list[Group]
     origin_facts: tuple[Fact, ...]
     module_paths: tuple[str, ...] = ()
+    placement: dict[str, Any] | None = None  # see resolve.placement
+    placement_span: SourceSpan | None = None
     # filled by expand (and extended by aggregate)
     vertex_template: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
     vertex_partition: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))

@@ -26,6 +26,9 @@ MAX_REPLICAS = 10_000_000  # a plan holds a few arrays per vertex; more is surel
 CHANNEL_NAMES = ", ".join(str(kind) for kind in ChannelKind)
 
 
+PLACEMENT_POLICIES = ("locality", "least_loaded", "round_robin")
+
+
 def resolve(pipeline: ast.Pipeline) -> IR:
     """Check the names of a parsed pipeline and build its declaration-level IR."""
     resolver = _Resolver(pipeline)
@@ -51,8 +54,34 @@ class _Resolver:
         templates = list(self.templates.values())
         edge_decls = self.edge_declarations()
         groups = self.groups()
-        return IR(self.pipeline.name, self.pipeline.filename, self.source, templates,
-                  edge_decls, groups, origin_facts)
+        ir = IR(self.pipeline.name, self.pipeline.filename, self.source, templates,
+                edge_decls, groups, origin_facts)
+        ir.placement = self.placement()
+        ir.placement_span = self.pipeline.placements[0].target.span \
+            if self.pipeline.placements else None
+        return ir
+
+    # ---- placement ------------------------------------------------------------------
+    def placement(self) -> dict[str, Any] | None:
+        """``{"policy": name}`` or ``{"module", "function", "line"}`` of a user's
+        allocation function; None when the pipeline leaves it to the command line."""
+        decls = self.pipeline.placements
+        if not decls:
+            return None
+        if len(decls) > 1:
+            raise self.error("the pipeline declares its placement twice", decls[1].span,
+                             ((decls[0].span, "first declared here"),))
+        target = decls[0].target
+        if len(target.parts) == 1 and target.parts[0] in PLACEMENT_POLICIES:
+            return {"policy": target.parts[0]}
+        if len(target.parts) == 1 and target.parts[0] not in self.aliases:
+            hint = did_you_mean(target.parts[0], PLACEMENT_POLICIES) or \
+                "name a policy or a function, alias.function"
+            raise self.error(f"unknown placement policy '{target}'", target.span,
+                             hint=f"{hint}; policies: {', '.join(PLACEMENT_POLICIES)}")
+        ref = self.function_ref(target)
+        return {"module": ref.module, "function": ref.qualname, "line": target.span.line
+                if target.span else None}
 
     # ---- modules --------------------------------------------------------------------
     def collect_uses(self) -> None:

@@ -64,8 +64,8 @@ def _map_key(key: str) -> str:
 
 
 RESERVED_WORDS = frozenset(
-    "pipeline use as context stage node x with aggregate volatile timeout group env "
-    "true false null".split())
+    "pipeline use as context stage node x with aggregate volatile timeout group placement "
+    "env true false null".split())
 
 
 @dataclass(frozen=True)
@@ -233,6 +233,17 @@ class GroupDecl:
 
 
 @dataclass(frozen=True)
+class Placement:
+    """``placement POLICY`` or ``placement alias.function``: where vertices run."""
+
+    target: Dotted
+    span: SourceSpan | None = field(default=None, compare=False)
+
+    def __str__(self) -> str:
+        return f"placement {self.target}"
+
+
+@dataclass(frozen=True)
 class Pipeline:
     """A whole ``.spg`` file. ``source`` keeps the text for diagnostics."""
 
@@ -245,10 +256,12 @@ class Pipeline:
     filename: str = "<string>"
     source: str = field(default="", repr=False, compare=False)
     span: SourceSpan | None = field(default=None, compare=False)
+    placements: tuple[Placement, ...] = ()
 
     def __str__(self) -> str:
         lines = [f"pipeline {self.name}", ""]
         lines += [str(u) for u in self.uses]
+        lines += [str(p) for p in self.placements]
         if self.context:
             lines.append("context {")
             lines += [f"    {a}" for a in self.context]

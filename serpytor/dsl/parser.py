@@ -222,10 +222,14 @@ class AstBuilder(Transformer):
                              self._span_of_meta(meta), tuple(self._at(m) for m in members))
 
     @v_args(meta=True)
+    def placement_decl(self, meta, children):
+        return ast.Placement(children[0], self._span_of_meta(meta))
+
+    @v_args(meta=True)
     def start(self, meta, children):
         _, name, span = children[0]
         parts: dict[type, list] = {ast.Use: [], ast.VertexDecl: [], ast.EdgeChain: [],
-                                   ast.GroupDecl: []}
+                                   ast.GroupDecl: [], ast.Placement: []}
         context: list[ast.Assignment] = []
         for child in children[1:]:
             if isinstance(child, tuple) and child[0] == "context":
@@ -235,7 +239,7 @@ class AstBuilder(Transformer):
         return ast.Pipeline(
             name, tuple(parts[ast.Use]), tuple(context), tuple(parts[ast.VertexDecl]),
             tuple(parts[ast.EdgeChain]), tuple(parts[ast.GroupDecl]),
-            self.filename, self.source, span,
+            self.filename, self.source, span, tuple(parts[ast.Placement]),
         )
 
 

@@ -6,9 +6,13 @@ Policies (the paper's Gateway, Dryad's job manager):
   bytes, so large outputs do not move; among equals (and for vertices whose inputs
   are small, below ``LOCALITY_MIN_BYTES``), the least loaded;
 * ``least_loaded``: the server with the lowest load relative to its capacity;
-* ``round_robin``: servers in turn.
+* ``round_robin``: servers in turn;
+* a function of the user's, ``choose(vertex: VertexInfo, servers: list[ServerInfo])``
+  returning a server's name (or None: locality decides), named in the ``.spg``
+  (``placement alias.function``) or on the command line (``--placement MODULE:FUNCTION``).
 
-Load is the number of tasks in flight on a server over its window. Scoring every
+Load is the number of tasks in flight on a server over its window, plus, when its
+heartbeat reports the host's CPU, a share for how busy the machine is. Scoring every
 (vertex, server) pair of a batch is the ``_core.place`` kernel's job; this module
 builds its arrays and keeps the rules the kernel does not know:
 
@@ -22,7 +26,8 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -36,11 +41,65 @@ POLICIES = ("locality", "least_loaded", "round_robin")
 
 
 class PlacementError(SerpytorError, ValueError):
-    """An unknown placement policy was asked for."""
+    """An unknown placement policy was asked for, or a placement function could not be
+    loaded or answered something that is not a usable server."""
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """What a placement function knows of one server it may choose."""
+
+    name: str
+    host: str
+    address: str
+    in_flight: int                 # tasks sent and not answered
+    window: int                    # tasks it may have in flight
+    cpu_percent: float | None      # of its host, from its heartbeat (None: unknown)
+    memory_percent: float | None
+
+
+@dataclass(frozen=True)
+class VertexInfo:
+    """The vertex a placement function places."""
+
+    name: str
+    stage: str                     # its template's name
+    partition: int
+    input_bytes: dict[str, int]    # server name -> bytes of its inputs held there
+
+
+Policy = str | Callable[[VertexInfo, list[ServerInfo]], Any]
+
+
+def resolve_policy(spec: str | None, plan: Plan) -> Policy:
+    """The policy to use: ``spec`` from the command line (a name or MODULE:FUNCTION),
+    else the plan's ``placement`` statement, else locality."""
+    if spec is None:
+        declared = plan.meta.get("placement") or {}
+        if "module" in declared:
+            return _load_policy(declared["module"], declared["function"], plan)
+        return declared.get("policy", "locality")
+    if ":" in spec:
+        module, _, function = spec.partition(":")
+        return _load_policy(module, function, plan)
+    Allocator.check_policy(spec)
+    return spec
+
+
+def _load_policy(module: str, function: str, plan: Plan) -> Callable:
+    from .invoke import FunctionNotFoundError, load_function
+
+    try:
+        found = load_function(module, function, tuple(plan.meta.get("module_paths", ())))
+    except FunctionNotFoundError as error:
+        raise PlacementError(f"placement function {module}:{function}: {error}") from None
+    if not callable(found):
+        raise PlacementError(f"placement {module}:{function} is not a function")
+    return found
 
 
 class Allocator:
-    def __init__(self, plan: Plan, policy: str = "locality", window: int = 256) -> None:
+    def __init__(self, plan: Plan, policy: Policy = "locality", window: int = 256) -> None:
         self.check_policy(policy)
         self.plan = plan
         self.policy = policy
@@ -50,10 +109,10 @@ class Allocator:
         self.turn = itertools.count()
 
     @staticmethod
-    def check_policy(policy: str) -> None:
-        if policy not in POLICIES:
+    def check_policy(policy: Policy) -> None:
+        if not callable(policy) and policy not in POLICIES:
             raise PlacementError(f"unknown placement policy {policy!r}; expected one of "
-                                 f"{', '.join(POLICIES)}")
+                                 f"{', '.join(POLICIES)} or MODULE:FUNCTION")
 
     def place(self, vertices: Sequence[int], links: list[Link], holder: np.ndarray,
               size: np.ndarray, avoid: dict[int, set[int]]) -> list[int]:
@@ -65,7 +124,41 @@ class Allocator:
             chosen = self._round_robin(vertices, usable, avoid)
         else:
             chosen = self._scored(vertices, usable, holder, size, avoid)
+            if callable(self.policy):
+                chosen = self._ask_user(vertices, chosen, usable, links, holder, size, avoid)
         return self._anchor_gangs(vertices, chosen, usable, avoid)
+
+    def _ask_user(self, vertices: Sequence[int], default: list[int], usable: list[Link],
+                  links: list[Link], holder: np.ndarray, size: np.ndarray,
+                  avoid: dict[int, set[int]]) -> list[int]:
+        """The user's function chooses among the servers a vertex may use; None keeps
+        the locality choice."""
+        chosen = []
+        for vertex, fallback in zip(vertices, default):
+            allowed = [l for l in usable if l.index not in avoid.get(vertex, ())] or usable
+            answer = self.policy(self._vertex_info(vertex, links, holder, size),
+                                 [server_info(l, self.window) for l in allowed])
+            chosen.append(fallback if answer is None else self._link_named(answer, allowed))
+        return chosen
+
+    def _vertex_info(self, vertex: int, links: list[Link], holder: np.ndarray,
+                     size: np.ndarray) -> VertexInfo:
+        held: dict[str, int] = {}
+        for parent in self.plan.predecessors(vertex).tolist():
+            if holder[parent] >= 0:
+                name = links[int(holder[parent])].name
+                held[name] = held.get(name, 0) + int(size[parent])
+        template = self.plan.vertex_template(vertex)
+        return VertexInfo(self.plan.vertex_name(vertex), template["name"],
+                          int(self.plan.arrays["vertex_partition"][vertex]), held)
+
+    def _link_named(self, answer: Any, allowed: list[Link]) -> int:
+        for link in allowed:
+            if answer == link.name or answer == link.address:
+                return link.index
+        raise PlacementError(f"placement function {getattr(self.policy, '__name__', '?')} "
+                             f"chose {answer!r}, which is none of the servers it was offered "
+                             f"({', '.join(l.name for l in allowed)})")
 
     def _round_robin(self, vertices: Sequence[int], usable: list[Link],
                      avoid: dict[int, set[int]]) -> list[int]:
@@ -158,3 +251,12 @@ def _balanced(count: int, usable: list[Link]) -> list[int]:
         chosen.append(usable[position].index)
         heapq.heappush(heap, (load + 1, position))
     return chosen
+
+
+def server_info(link: Link, window: int) -> ServerInfo:
+    beat = link.beat or {}
+    cpu = (beat.get("cpu") or {}).get("total") if isinstance(beat.get("cpu"), dict) else None
+    memory = (beat.get("memory") or {}).get("percent") \
+        if isinstance(beat.get("memory"), dict) else None
+    return ServerInfo(link.name, link.host, link.address, len(link.in_flight), window,
+                      cpu, memory)

@@ -13,6 +13,7 @@ from .durable import Durability
 from .inline import run_inline
 from .journal import Journal
 from .progress import Progress
+from .queues import QUEUE_KINDS
 from .result import RunResult
 from .store import OutputStore
 
@@ -50,7 +51,8 @@ def run(pipeline: Plan | str | Path, *, inline: bool = False, workers: int | Non
         servers: list[str] | None = None, journal: str | Path | None | bool = None,
         fresh: bool = False, durable: bool = False,
         overrides: Mapping[str, Any] | None = None, keep_going: bool = False,
-        progress: bool = False, placement: str = "locality") -> RunResult:
+        progress: bool = False, placement: str | None = None,
+        queues: str = "single") -> RunResult:
     """Run a pipeline and return its :class:`RunResult`.
 
     ``inline=True`` runs in this process; otherwise the gateway runs here with
@@ -59,11 +61,17 @@ def run(pipeline: Plan | str | Path, *, inline: bool = False, workers: int | Non
     pipeline, ``False`` for none. ``fresh`` ignores what the journal holds;
     ``durable`` fsyncs outputs; ``overrides`` replace origin-context facts;
     ``progress`` draws a progress bar on stderr when it is a terminal; ``placement``
-    is the allocation policy (``locality``, ``least_loaded`` or ``round_robin``).
+    is the allocation policy (``locality``, ``least_loaded``, ``round_robin`` or
+    ``MODULE:FUNCTION``; default: the pipeline's ``placement``, else ``locality``);
+    ``queues``: ``single`` (one queue, by priority) or ``stage`` (one per stage,
+    served in turn).
     """
     plan = load_pipeline(pipeline)
     if inline and servers:
         raise RunConfigError("choose --inline or --servers, not both")
+    if queues not in QUEUE_KINDS:
+        raise RunConfigError(f"unknown queues {queues!r}; expected one of "
+                             f"{', '.join(QUEUE_KINDS)}")
     durability = open_durability(plan, pipeline, journal, fresh, durable)
     bar = Progress(plan.n_vertices) if progress and Progress.wanted() else None
     try:
@@ -72,7 +80,8 @@ def run(pipeline: Plan | str | Path, *, inline: bool = False, workers: int | Non
         from .gateway import run_distributed
 
         return run_distributed(plan, durability, overrides, keep_going, workers=workers,
-                               servers=servers, progress=bar, placement=placement)
+                               servers=servers, progress=bar, placement=placement,
+                               queues=queues)
     finally:
         if bar is not None:
             bar.close()

@@ -12,7 +12,11 @@ State (n vertices; the engine also holds the schedule's barrier nodes, see
 * ``size[v]``: bytes of v's output, for locality; ``consumers_left[v]``: consumers of v
   that have not finished (0: the holder may drop it, and ``released[v]`` is set);
 * ``attempt[v]``: attempt number, so a late result of a superseded attempt is ignored;
-* ``avoid[v]``: links that refused v (placement tries the others);
+* ``refused[v]``: links that refused v, ``last_failed[v]``: the link v's last attempt
+  was lost or failed on (placement tries the others: never the same server twice in a
+  row while another may take it);
+* ``copies[v]``: links running a copy of v (more than one when v straggled and got a
+  duplicate; the first to finish wins, the others are cancelled);
 * per link (:mod:`serpytor.runtime.links`), ``in_flight``: ``{vertex: attempt}``.
 
 Transitions that lose work (a server restarted, an input found missing) go through
@@ -29,7 +33,7 @@ import logging
 import os
 import time
 import uuid
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import zmq
@@ -38,7 +42,7 @@ from .. import _core
 from ..compiler.kinds import ChannelKind
 from ..compiler.plan import Plan, encode_plan
 from ..errors import RemoteTaskError, SerpytorError, remote_task_error
-from .allocation import Allocator
+from .allocation import Allocator, resolve_policy
 from .channels import sweep_segments
 from .channels.descriptor import this_host
 from .context import ContextTracker
@@ -46,13 +50,18 @@ from .durable import Durability
 from .invoke import refresh_modules
 from .links import DOWN, LOST, READY, Link, Timing, handshake, learn, open_link
 from .result import RunResult
+from .queues import QueueSilo, ReadyQueue
 from .schedule import build_schedule
+from .stragglers import StragglerWatch
 from .transfer import FetchError, InputFetcher, TransferCounts
 
 log = logging.getLogger("serpytor.gateway")
 
 POLL_MS = 20
+WATCH_S = 0.05  # how often server liveness is looked at (it costs a few calls a link)
 MAX_ATTEMPTS = 6  # Dryad: a vertex that fails this often fails the job
+MAX_REVIVALS = 3  # times the embedded default restarts one dead local server
+EXTERNAL_KILLS = (-9, -15, -2)  # SIGKILL, SIGTERM, SIGINT: not the vertex's doing
 
 
 class ServerUnavailableError(SerpytorError):
@@ -73,7 +82,8 @@ class Gateway:
                  overrides: Mapping[str, Any] | None = None, keep_going: bool = False,
                  window: int = 256, processes: list[Any] | None = None,
                  context: zmq.Context | None = None, progress: Any = None,
-                 policy: str = "locality", timing: Timing | None = None) -> None:
+                 policy: Any = "locality", timing: Timing | None = None,
+                 revive: Callable[[int], Any] | None = None, queues: str = "single") -> None:
         self.plan = plan
         self.ctx = context or zmq.Context.instance()
         self.job = uuid.uuid4().hex[:16]
@@ -99,13 +109,22 @@ class Gateway:
         self.released = np.zeros(n, bool)
         self.hints = plan.arrays["edge_channel"][plan.arrays["pred_edges"]]
         self.sinks = set(plan.sinks().tolist())
-        self.avoid: dict[int, set[int]] = {}
-        self.unplaced: list[int] = []
+        self.refused: dict[int, set[int]] = {}
+        self.last_failed: dict[int, int] = {}
+        self.copies: dict[int, set[int]] = {}
+        self.history: dict[int, list[str]] = {}  # what happened to each lost attempt
+        self.stragglers = StragglerWatch([int(t["width"]) for t in plan.templates])
+        self.revive = revive  # restarts a dead local server (the embedded default)
+        self.revivals = [0] * len(addresses)
+        template_of = plan.arrays["vertex_template"]
+        self.queue = QueueSilo(lambda v: int(template_of[v]), window) if queues == "stage" \
+            else ReadyQueue()
         self.blocked: set[int] = set()
         self.finished = 0
         self.result = RunResult.for_plan(plan)
         self.first_error: RemoteTaskError | None = None
-        self.poller: zmq.Poller | None = None  # of the links not lost (rebuilt on a loss)
+        self.poller: zmq.Poller | None = None  # of every link's socket
+        self.last_watch = 0.0
 
     # ---- the run ----------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -127,13 +146,19 @@ class Gateway:
 
     def _connect(self) -> None:
         silent = handshake(self.links, self.timing.handshake)
-        if silent:
+        if len(silent) == len(self.links):
             addresses = ", ".join(link.address for link in silent)
             raise ServerUnavailableError(f"no server answered at {addresses} within "
                                          f"{self.timing.handshake:g} s")
+        for link in silent:  # run on the others; these join if they come up
+            link.state, link.why_lost = LOST, f"did not answer within {self.timing.handshake:g} s"
+            log.warning("server at %s did not answer; running without it", link.address)
+            self.result.server_events.append({"server": link.label, "event": "lost",
+                                              "why": link.why_lost})
         plan_bytes = encode_plan(self.plan)  # not kept: as large as the plan's arrays
         for link in self.links:
-            self._send_job(link, plan_bytes)
+            if link.state != LOST:
+                self._send_job(link, plan_bytes)
 
     def _send_job(self, link: Link, plan_bytes: bytes | None = None) -> None:
         store = self.durability.store
@@ -148,10 +173,11 @@ class Gateway:
                    if link.usable)
         if free == 0:
             return False
-        # vertices waiting for a server, unless a lost input sent them back meanwhile
-        vertices = [v for v in self.unplaced if self.engine.state_of(v) == _core.RUNNING]
-        self.unplaced = []
-        vertices += self._pop_vertices(free - len(vertices))
+        wanted = free + self.queue.wants - len(self.queue)
+        if wanted > 0:
+            self.queue.push(self._pop_vertices(wanted))
+        # unless a lost input sent them back to the engine meanwhile
+        vertices = self.queue.take(free, lambda v: self.engine.state_of(v) == _core.RUNNING)
         if not vertices:
             return False
         to_place, reused = [], []
@@ -196,7 +222,7 @@ class Gateway:
         if not vertices:
             return
         chosen = self.allocator.place(vertices, self.links, self.holder, self.size,
-                                      self.avoid)
+                                      self._avoid(vertices))
         batches: dict[int, list[dict]] = {}
         for vertex, index in zip(vertices, chosen):
             if index < 0:
@@ -207,17 +233,30 @@ class Gateway:
         for index, tasks in batches.items():
             self.links[index].send({"type": "tasks", "job": self.job, "tasks": tasks})
 
+    def _avoid(self, vertices: list[int]) -> dict[int, set[int]]:
+        """Per vertex, the links placement should pass over (it falls back to them only
+        when nothing else is usable: see _unplaceable)."""
+        avoid: dict[int, set[int]] = {}
+        for vertex in vertices:
+            banned = set(self.refused.get(vertex, ()))
+            if vertex in self.last_failed:
+                banned.add(self.last_failed[vertex])
+            if banned:
+                avoid[vertex] = banned
+        return avoid
+
     def _unplaceable(self, vertex: int) -> None:
-        """No usable server may take vertex: every one refused it, or none is up."""
-        refused = self.avoid.get(vertex, set())
-        if self.result.refusals.get(vertex) and \
-                all(l.index in refused for l in self.links if l.state != LOST):
-            raise self._refused_everywhere(vertex)
-        if not any(l.state != LOST for l in self.links):
+        """No usable server may take vertex: every one refused it, none is up, or the
+        only one up is the one it just failed on (then it may go there after all)."""
+        refused = self.refused.get(vertex, set())
+        alive = [l for l in self.links if l.state != LOST]
+        if not alive:
             raise ServerUnavailableError("every server is lost: " + "; ".join(
                 f"{l.label} {l.why_lost}" for l in self.links))
-        self.avoid.pop(vertex, None)  # servers that are only down may take it later
-        self.unplaced.append(vertex)
+        if self.result.refusals.get(vertex) and all(l.index in refused for l in alive):
+            raise self._refused_everywhere(vertex)
+        self.last_failed.pop(vertex, None)
+        self.queue.push([vertex])
 
     def _task(self, vertex: int, link: Link) -> dict:
         self.attempt[vertex] += 1
@@ -243,6 +282,7 @@ class Gateway:
         if self.durability.enabled:
             task["key"] = self.durability.keys[vertex][0]
         link.in_flight[vertex] = int(self.attempt[vertex])
+        self.copies.setdefault(vertex, set()).add(link.index)
         return task
 
     # ---- messages -----------------------------------------------------------------------
@@ -250,17 +290,16 @@ class Gateway:
         if self.poller is None:
             self.poller = zmq.Poller()
             for link in self.links:
-                if link.state != LOST:
-                    self.poller.register(link.sock, zmq.POLLIN)
+                self.poller.register(link.sock, zmq.POLLIN)
         events = dict(self.poller.poll(timeout_ms))
         for link in self.links:
             if link.sock not in events:
                 continue
             for _ in range(1000):
-                if link.state == LOST or not link.sock.poll(0):
+                if not link.sock.poll(0):
                     break
                 message = link.read()
-                if message is not None:
+                if message is not None and (link.state != LOST or message["type"] == "pong"):
                     self._on_message(link, message)
 
     def _on_message(self, link: Link, message: dict) -> None:
@@ -290,10 +329,27 @@ class Gateway:
                             link.label, error)
 
     def _current(self, link: Link, vertex: int, attempt: int) -> bool:
+        """Is this the answer to an attempt still in flight on link? (Then it is no
+        longer in flight.)"""
         if link.in_flight.get(vertex) != attempt:
             return False
         del link.in_flight[vertex]
+        self._drop_copy(vertex, link.index)
         return True
+
+    def _drop_copy(self, vertex: int, index: int) -> None:
+        copies = self.copies.get(vertex)
+        if copies is not None:
+            copies.discard(index)
+            if not copies:
+                del self.copies[vertex]
+
+    def _cancel_copies(self, vertex: int) -> None:
+        """vertex finished: the duplicates still running elsewhere are not needed."""
+        for index in list(self.copies.pop(vertex, ())):
+            link = self.links[index]
+            link.in_flight.pop(vertex, None)
+            link.send({"type": "cancel", "job": self.job, "vertices": [vertex]})
 
     def _on_done(self, link: Link, message: dict) -> None:
         done = []
@@ -311,8 +367,13 @@ class Gateway:
             elif "file" in r:
                 self.stored[vertex] = (str(r["file"]), str(r["digest"]))
             self.tracker.record_published(vertex, published)
-            self.result.vertices.set(vertex, "executed", float(r["seconds"]),
-                                     int(self.attempt[vertex]), link.name)
+            seconds = float(r["seconds"])
+            self.result.vertices.set(vertex, "executed", seconds, int(self.attempt[vertex]),
+                                     link.name)
+            self.stragglers.finished(int(self.plan.arrays["vertex_template"][vertex]), seconds)
+            if vertex in self.copies:
+                self.result.duplicates_won += 1
+                self._cancel_copies(vertex)
             done.append(vertex)
         self.result.add_channels(message.get("channels") or {})
         if done:
@@ -361,9 +422,9 @@ class Gateway:
         vertex, attempt = int(message["v"]), int(message["attempt"])
         if not self._current(link, vertex, attempt):
             return
-        self.avoid.setdefault(vertex, set()).add(link.index)
+        self.refused.setdefault(vertex, set()).add(link.index)
         self.result.refusals.setdefault(vertex, {})[link.label] = str(message["reason"])
-        self.unplaced.append(vertex)
+        self.queue.push([vertex])
 
     def _refused_everywhere(self, vertex: int) -> AllServersRefusedError:
         reasons = "; ".join(f"{label}: {reason}" for label, reason in
@@ -377,15 +438,25 @@ class Gateway:
         return (self.holder[vertex] >= 0 and not self.released[vertex]) or \
             vertex in self.stored
 
-    def _lost_attempt(self, vertex: int, why: str) -> None:
+    def _lost_attempt(self, vertex: int, why: str, link: Link | None = None) -> None:
         """The attempt's result will never come: run the vertex again (after any of its
-        inputs that are gone), unless it has lost too many attempts."""
+        inputs that are gone), elsewhere if possible, unless a copy still runs or it
+        has lost too many attempts (then it fails, with its history)."""
         self.result.lost_attempts += 1
+        where = f" on {link.label}" if link else ""
+        self.history.setdefault(vertex, []).append(f"attempt {self.attempt[vertex]}{where}: {why}")
+        if link is not None:
+            self.last_failed[vertex] = link.index
+            self._drop_copy(vertex, link.index)
+        if self.copies.get(vertex):
+            return  # a duplicate is still running; it may yet finish
         if self.attempt[vertex] >= MAX_ATTEMPTS:
-            error = remote_task_error(ServerUnavailableError, f"lost {MAX_ATTEMPTS} "
-                                      f"attempts; the last: {why}", self.plan.vertex_name(vertex),
+            history = "; ".join(self.history[vertex])
+            error = remote_task_error(ServerUnavailableError,
+                                      f"lost {MAX_ATTEMPTS} attempts ({history})",
+                                      self.plan.vertex_name(vertex),
                                       self.plan.vertex_template(vertex).get("line"), "")
-            self._vertex_failed(vertex, error, None)
+            self._vertex_failed(vertex, error, link)
             return
         self.engine.invalidate(vertex)  # RUNNING -> READY
         self._ensure_inputs(vertex, rerun_of_done=False)
@@ -429,21 +500,63 @@ class Gateway:
     # ---- liveness -----------------------------------------------------------------------
     def _watch_links(self) -> None:
         now = time.monotonic()
+        if now - self.last_watch < WATCH_S:
+            return
+        self.last_watch = now
         for link in self.links:
             if link.state == LOST:
+                self._try_rejoin(link, now)
                 continue
             process = link.process
             if process is not None and not process.alive():
-                self._server_lost(link, f"exited with status {process.process.returncode}")
+                status = process.process.returncode
+                self._server_lost(link, f"exited with status {status}", "application", status)
                 continue
             self._connection_changes(link, now)
-            if link.state == DOWN and now - link.down_since > self.timing.reconnect_grace:
-                self._server_lost(link, f"was unreachable for {now - link.down_since:.0f} s")
-            elif link.in_flight and now - link.last_heard > self.timing.silence:
-                self._server_lost(link, f"has not answered for {now - link.last_heard:.0f} s")
-            elif link.in_flight and now - link.last_heard > self.timing.ping_interval and \
-                    now - link.last_ping > self.timing.ping_interval:
-                link.ping(now)
+            link.poll_heartbeat(self.ctx, now, self.timing.ping_interval)
+            verdict = self._diagnose(link, now)
+            if verdict is not None:
+                self._server_lost(link, *verdict)
+            elif now - link.last_ping > self.timing.ping_interval:
+                link.ping(now)  # liveness, and which vertex it is running (stragglers)
+
+    def _diagnose(self, link: Link, now: float) -> tuple[str, str, int | None] | None:
+        """Why link's server is dead, ``(why, kind, exit status)``, or None (alive).
+
+        The paper's rule: heartbeat silent -> a system-level failure (the machine, or
+        the process group); heartbeat alive but the server dead, or silent while its
+        status goes stale -> an application-level one. Without a heartbeat to ask,
+        a connection down or a silence past their limits."""
+        t = self.timing
+        silent_for = now - link.last_heard
+        if link.heartbeat is None or link.beat_since is None:
+            if link.state == DOWN and now - link.down_since > t.reconnect_grace:
+                return f"was unreachable for {now - link.down_since:.0f} s", "system", None
+            if link.in_flight and silent_for > t.silence:
+                return f"has not answered for {silent_for:.0f} s", "system", None
+            return None
+        if link.heartbeat_silent(now, t.dead_after):
+            if link.state == DOWN or silent_for > t.dead_after:
+                return (f"and its heartbeat are silent ({silent_for:.0f} s)", "system", None)
+            self._note(link, "heartbeat", "heartbeat silent; the server still answers")
+            return None
+        server = link.beat_server()
+        if server.get("alive") is False:
+            status = server.get("exit")
+            if not isinstance(status, int):
+                return "died (its heartbeat says so)", "application", None
+            return f"exited with status {status}", "application", status
+        if silent_for > t.dead_after and float(server.get("status_age") or 0) > t.dead_after:
+            return (f"is hung (its heartbeat answers, the server has been silent for "
+                    f"{silent_for:.0f} s)", "application", None)
+        return None
+
+    def _note(self, link: Link, key: str, what: str) -> None:
+        """Report a condition of a server once (in the run's server events)."""
+        if key not in link.notes:
+            link.notes.add(key)
+            self.result.server_events.append({"server": link.label, "event": "warning",
+                                              "why": what})
 
     def _connection_changes(self, link: Link, now: float) -> None:
         for event in link.connection_events():
@@ -454,7 +567,9 @@ class Gateway:
 
     def _on_pong(self, link: Link, message: dict) -> None:
         restarted = learn(link, message)
-        if restarted:
+        if link.state == LOST:
+            self._rejoin(link)
+        elif restarted:
             self._server_restarted(link)
         elif link.state == DOWN:
             # the same process after a dropped connection: what was in flight may be
@@ -462,7 +577,25 @@ class Gateway:
             link.state, link.down_since = READY, None
             for vertex in list(link.in_flight):
                 del link.in_flight[vertex]
-                self._lost_attempt(vertex, f"connection to {link.label} dropped")
+                self._lost_attempt(vertex, "the connection dropped", link)
+        self._check_straggler(link, message.get("running"))
+
+    def _check_straggler(self, link: Link, running: Any) -> None:
+        """Duplicate the vertex link runs if it straggles (once, on another server)."""
+        if not isinstance(running, dict) or running.get("job") != self.job:
+            return
+        vertex, seconds = int(running["v"]), float(running["seconds"])
+        if link.in_flight.get(vertex) != running.get("attempt") or \
+                len(self.copies.get(vertex, ())) > 1:
+            return
+        stage = int(self.plan.arrays["vertex_template"][vertex])
+        if not self.stragglers.is_straggler(stage, seconds):
+            return
+        others = [l for l in self.links if l.usable and l.index != link.index]
+        if others:
+            target = min(others, key=lambda l: len(l.in_flight))
+            self.result.duplicates += 1
+            target.send({"type": "tasks", "job": self.job, "tasks": [self._task(vertex, target)]})
 
     def _server_restarted(self, link: Link) -> None:
         """The server restarted itself (a vertex wedged it): it lost its jobs and its
@@ -471,12 +604,47 @@ class Gateway:
         self._send_job(link)
         self._recover(link, f"server {link.label} restarted")
 
-    def _server_lost(self, link: Link, why: str) -> None:
-        link.state, link.why_lost = LOST, why
-        self.poller = None
-        running = ", ".join(self.plan.vertex_name(v) for v in sorted(link.in_flight)[:10])
-        doing = f" while running {running}" if running else ""
-        raise ServerUnavailableError(f"server {link.label} {why}{doing}")
+    def _server_lost(self, link: Link, why: str, kind: str = "system",
+                     exit_status: int | None = None) -> None:
+        """A server died or stopped answering: its work runs elsewhere (and its outputs
+        are recomputed where still needed). A vertex that was running when its server
+        exited on its own (not killed by a signal from outside) killed it: it fails,
+        rather than killing the next server too."""
+        link.state, link.why_lost, link.down_since = LOST, why, None
+        self.result.server_events.append({"server": link.label, "event": "lost",
+                                          "kind": kind, "why": why})
+        culprit = self._culprit(link, exit_status)
+        if culprit is not None:
+            link.in_flight.pop(culprit, None)
+            self._drop_copy(culprit, link.index)
+            error = remote_task_error(ServerUnavailableError,
+                                      f"server {link.label} {why} while running it",
+                                      self.plan.vertex_name(culprit),
+                                      self.plan.vertex_template(culprit).get("line"), "")
+            self._vertex_failed(culprit, error, link)
+        self._recover(link, f"server {link.label} {why}")
+        self._revive(link)
+        if not any(l.state != LOST for l in self.links):
+            running = ", ".join(self.plan.vertex_name(v) for v in sorted(link.in_flight)[:10])
+            raise ServerUnavailableError(
+                "every server is lost: " + "; ".join(f"{l.label} {l.why_lost}"
+                                                    for l in self.links)
+                + (f" (last running {running})" if running else ""))
+
+    def _culprit(self, link: Link, exit_status: int | None) -> int | None:
+        """The vertex link's server was running when it exited by itself, if known."""
+        if exit_status is None or exit_status in EXTERNAL_KILLS:
+            return None
+        beat_running = link.beat_server().get("running")
+        running = {"job": beat_running.get("job"), "v": beat_running.get("vertex"),
+                   "attempt": beat_running.get("attempt")} \
+            if isinstance(beat_running, dict) else link.running
+        if running and running.get("job") == self.job and \
+                link.in_flight.get(int(running["v"])) == running.get("attempt"):
+            return int(running["v"])
+        if len(link.in_flight) == 1:  # a server runs one vertex at a time
+            return next(iter(link.in_flight))
+        return None
 
     def _recover(self, link: Link, why: str) -> None:
         in_flight, link.in_flight = list(link.in_flight), {}
@@ -484,7 +652,27 @@ class Gateway:
             self._lost_output(vertex)
         self.allocator.forget(link.index)
         for vertex in in_flight:
-            self._lost_attempt(vertex, why)
+            self._lost_attempt(vertex, why, link)
+
+    def _revive(self, link: Link) -> None:
+        """Restart a dead local server (the embedded default) at its address."""
+        if self.revive is None or link.process is None or \
+                self.revivals[link.index] >= MAX_REVIVALS:
+            return
+        self.revivals[link.index] += 1
+        link.process = self.revive(link.index)
+
+    def _try_rejoin(self, link: Link, now: float) -> None:
+        if link.process is not None and not link.process.alive():
+            return
+        if now - link.last_ping > self.timing.ping_interval:
+            link.ping(now)  # a server that comes back at its address rejoins
+
+    def _rejoin(self, link: Link) -> None:
+        link.state, link.why_lost = READY, ""
+        link.in_flight = {}
+        self.result.server_events.append({"server": link.label, "event": "rejoined"})
+        self._send_job(link)
 
     # ---- the end ------------------------------------------------------------------------
     def _gather_sinks(self) -> dict[str, Any]:
@@ -539,16 +727,18 @@ def exception_type(qualified: str) -> type[BaseException]:
 def run_distributed(plan: Plan, durability: Durability, overrides: Mapping[str, Any] | None,
                     keep_going: bool, workers: int | None = None,
                     servers: list[str] | None = None, progress: Any = None,
-                    placement: str = "locality") -> RunResult:
-    """The embedded default (local servers) or ``--servers``."""
-    Allocator.check_policy(placement)
+                    placement: str | None = None, queues: str = "single") -> RunResult:
+    """The embedded default (local servers) or ``--servers``. ``placement``: a policy
+    name or MODULE:FUNCTION; None: the plan's, else locality."""
+    placement = resolve_policy(placement, plan)
     if servers:
         return Gateway(plan, servers, durability, overrides, keep_going,
-                       progress=progress, policy=placement).run()
+                       progress=progress, policy=placement, queues=queues).run()
     from .local import LocalServers
 
     count = workers or os.cpu_count() or 1
     with LocalServers(count) as local:
         gateway = Gateway(plan, local.addresses, durability, overrides, keep_going,
-                          processes=local.servers, progress=progress, policy=placement)
+                          processes=local.servers, progress=progress, policy=placement,
+                          revive=local.revive, queues=queues)
         return gateway.run()

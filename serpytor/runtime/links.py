@@ -36,9 +36,10 @@ class Timing:
     """How patient the gateway is with servers (seconds)."""
 
     handshake: float = 10.0        # first answer of every server at the start
-    ping_interval: float = 1.0     # ping a quiet server with work in flight this often
-    silence: float = 30.0          # no message for this long with work in flight: lost
-    reconnect_grace: float = 5.0   # connection down this long: lost
+    ping_interval: float = 1.0     # ping servers, poll heartbeats, this often
+    dead_after: float = 3.0        # silent this long (3 intervals): declared dead
+    silence: float = 30.0          # no heartbeat to ask, no message this long: lost
+    reconnect_grace: float = 5.0   # no heartbeat to ask, connection down this long: lost
 
 
 @dataclass
@@ -60,6 +61,14 @@ class Link:
     last_ping: float = 0.0
     down_since: float | None = None
     why_lost: str = ""
+    running: dict | None = None    # what the server said it runs, in its last pong
+    beat: dict | None = None       # its heartbeat's last answer (machine figures)
+    heartbeat: str | None = None   # its heartbeat's address (from its pong)
+    beat_client: Any = None        # a HeartbeatClient, once the address is known
+    beat_at: float | None = None   # when the last answer came
+    beat_asked: float = 0.0
+    beat_since: float | None = None  # when the gateway started asking
+    notes: set[str] = field(default_factory=set)  # conditions already reported once
 
     @property
     def label(self) -> str:
@@ -105,6 +114,36 @@ class Link:
             pass
         self.monitor.close(0)
         self.sock.close(0)
+        if self.beat_client is not None:
+            self.beat_client.close()
+
+    # ---- the heartbeat ---------------------------------------------------------------
+    def poll_heartbeat(self, ctx: zmq.Context, now: float, interval: float) -> None:
+        """Take the heartbeat's answers that came, and ask again once an interval."""
+        if self.heartbeat is None:
+            return
+        if self.beat_client is None:
+            from .heartbeat import HeartbeatClient
+
+            self.beat_client = HeartbeatClient(ctx, self.heartbeat)
+            self.beat_since = now
+        for beat in self.beat_client.replies():
+            self.beat, self.beat_at = beat, now
+        if now - self.beat_asked >= interval:
+            self.beat_asked = now
+            self.beat_client.request()
+
+    def heartbeat_silent(self, now: float, dead_after: float) -> bool:
+        """Has the heartbeat said nothing for ``dead_after`` seconds (since it was
+        first asked)?"""
+        if self.beat_since is None:
+            return False
+        return now - (self.beat_at or self.beat_since) > dead_after
+
+    def beat_server(self) -> dict:
+        """The heartbeat's report on its server ({} when none)."""
+        server = (self.beat or {}).get("server")
+        return server if isinstance(server, dict) else {}
 
 
 def open_link(ctx: zmq.Context, index: int, address: str, routing_id: bytes,
@@ -123,10 +162,24 @@ def learn(link: Link, pong: dict) -> bool:
     (the process restarted and lost what it held)."""
     link.name, link.data = str(pong.get("name", "")), str(pong.get("data", ""))
     link.host = str(pong.get("host", ""))
+    running = pong.get("running")
+    link.running = running if isinstance(running, dict) else None
+    heartbeat = pong.get("heartbeat")
+    if isinstance(heartbeat, str) and heartbeat.startswith("tcp://"):
+        link.heartbeat = reachable(heartbeat, link.address)
     incarnation = str(pong.get("incarnation", ""))
     restarted = bool(link.incarnation) and incarnation != link.incarnation
     link.incarnation = incarnation
     return restarted
+
+
+def reachable(address: str, server_address: str) -> str:
+    """A heartbeat bound to a wildcard host is reached at its server's host."""
+    scheme, _, rest = address.partition("://")
+    host, _, port = rest.rpartition(":")
+    if host in ("0.0.0.0", "*", "[::]", "::"):
+        host = server_address.partition("://")[2].rpartition(":")[0]
+    return f"{scheme}://{host}:{port}"
 
 
 def handshake(links: list[Link], timeout: float) -> list[Link]:

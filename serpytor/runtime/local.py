@@ -27,9 +27,10 @@ class LocalServer:
     stderr line by line (what vertices print shows up, and a full pipe never blocks
     the server); the last lines are kept for error messages."""
 
-    def __init__(self, name: str, extra: list[str] | None = None) -> None:
+    def __init__(self, name: str, extra: list[str] | None = None,
+                 bind: str = "tcp://127.0.0.1:*") -> None:
         self.name = name
-        command = [sys.executable, "-m", "serpytor", "server", "--bind", "tcp://127.0.0.1:*",
+        command = [sys.executable, "-m", "serpytor", "server", "--bind", bind,
                    "--name", name, *(extra or [])]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -121,6 +122,15 @@ class LocalServers:
     @property
     def addresses(self) -> list[str]:
         return [s.address for s in self.servers]
+
+    def revive(self, index: int) -> LocalServer:
+        """Start server ``index`` again at its address (it died)."""
+        old = self.servers[index]
+        old.stop()
+        server = LocalServer(old.name, self.extra, bind=old.address)
+        self.servers[index] = server
+        server.wait_ready(time.monotonic() + START_TIMEOUT_S)
+        return server
 
     def close(self) -> None:
         for server in self.servers:

@@ -15,10 +15,11 @@ type                    fields
 ``failed``              job, v, attempt, error_type, message, traceback
 ``refused``             job, v, attempt, reason
 ``release``             job, vertices: [v, ...]  (outputs no longer needed)
+``cancel``              job, vertices: [v, ...]  (drop these tasks if not yet started)
 ``end``                 job
 ``get``                 job, vertices: [v, ...]  (data plane: fetch outputs)
 ``data``                job, items: [{v, buffers}] (frames follow)
-``ping`` / ``pong``     (liveness of the application port)
+``ping`` / ``pong``     (liveness of the application port; a pong says what runs)
 ``error``               message (a reply to a message that could not be decoded)
 ======================  =================================================================
 """
@@ -39,6 +40,7 @@ REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
     "failed": ("job", "v", "attempt", "error_type", "message"),
     "refused": ("job", "v", "attempt", "reason"),
     "release": ("job", "vertices"),
+    "cancel": ("job", "vertices"),
     "end": ("job",),
     "get": ("job", "vertices"),
     "data": ("job", "items"),

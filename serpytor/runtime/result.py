@@ -89,8 +89,9 @@ class RunResult:
 
     ``channels`` counts how inputs reached the servers that ran their consumers:
     ``{kind: [inputs, bytes]}`` for ``memory`` (the same server), ``shm``, ``tcp`` and
-    ``file``. ``lost_attempts`` counts attempts redone because a server restarted or an
-    input was gone; ``refusals`` the admission hooks' reasons, by vertex.
+    ``file``. ``lost_attempts`` counts attempts redone because a server was lost or
+    restarted or an input was gone; ``server_events`` says which servers were lost (and
+    why) or rejoined; ``refusals`` the admission hooks' reasons, by vertex.
     """
 
     pipeline: str
@@ -99,7 +100,10 @@ class RunResult:
     seconds: float = 0.0
     failed_attempts: int = 0
     lost_attempts: int = 0
+    duplicates: int = 0        # copies started for stragglers
+    duplicates_won: int = 0    # vertices a copy finished first
     rejected_messages: int = 0
+    server_events: list[dict[str, str]] = field(default_factory=list)
     channels: dict[str, list[int]] = field(default_factory=dict)
     refusals: dict[int, dict[str, str]] = field(default_factory=dict)
     error: BaseException | None = None  # the first failure, with keep_going

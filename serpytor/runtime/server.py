@@ -54,6 +54,7 @@ from .tasks import Source, Task, parse_tasks
 from .timeouts import Interruptible, timeout_error
 from .transfer import (FetchError, Fetched, Holder, InputFetcher, OutputTable,
                        TransferCounts, encoded_size, vertex_list)
+from .vitals import Vitals
 
 log = logging.getLogger("serpytor.server")
 
@@ -87,6 +88,7 @@ class Running:
     job: str
     vertex: int
     attempt: int
+    started: float
     deadline: float | None
     interrupted_at: float | None = None
 
@@ -105,7 +107,8 @@ class Server:
                  allowed_modules: tuple[str, ...] | None = None,
                  store_dir: str | None = None,
                  context: zmq.Context | None = None,
-                 restart: Callable[[str], None] | None = None) -> None:
+                 restart: Callable[[str], None] | None = None,
+                 heartbeat: bool = True) -> None:
         self.ctx = context or zmq.Context.instance()
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.host = socket.gethostname()
@@ -119,6 +122,7 @@ class Server:
         data_host = self.address.split("://", 1)[1].rsplit(":", 1)[0]
         self.data = self._socket(zmq.ROUTER)
         self.data_address = bind_socket(self.data, f"tcp://{data_host}:*")
+        self.vitals = Vitals(data_host, self.name, self.incarnation, store_dir, heartbeat)
         self.jobs: dict[str, Job] = {}
         self.table = OutputTable()
         self.holder = Holder(self.table, self.name, self.host, data_host)
@@ -137,6 +141,7 @@ class Server:
         self.vertex_region = Interruptible()  # where the watchdog may interrupt a vertex
         self.pending: tuple[bytes, list, float] | None = None  # a report from before a restart
         self.warned_peers: set[bytes] = set()
+        self.cancelled: set[tuple[str, int]] = set()  # (job, vertex) not to start
         self._gateway_of: dict[str, bytes] = {}  # job -> identity of its gateway
         self.executor = threading.Thread(target=self._execute_loop, name="serpytor-executor",
                                          daemon=True)
@@ -180,6 +185,7 @@ class Server:
                 if self.pending is not None:
                     self._deliver_pending()
                 self._watch_timeout()
+                self.vitals.counts(self.stats.tasks, self.tasks.qsize(), len(self.table))
         finally:
             self.close()
 
@@ -229,16 +235,25 @@ class Server:
             self._on_tasks(identity, message)
         elif kind == "release":
             self.table.release(str(message["job"]), vertex_list(message["vertices"]))
+        elif kind == "cancel":
+            # a duplicate finished first elsewhere: skip these if they have not started
+            self.cancelled.update((str(message["job"]), v)
+                                  for v in vertex_list(message["vertices"]))
         elif kind == "end":
             self._end_job(str(message["job"]))
         else:
             raise ProtocolError(f"a server does not take {kind!r} messages on its control port")
 
     def _pong(self) -> dict:
+        running = self.running
         return {"type": "pong", "name": self.name, "data": self.data_address,
                 "host": self.host, "pid": os.getpid(), "incarnation": self.incarnation,
                 "tasks": self.stats.tasks, "queued": self.tasks.qsize(),
-                "held": len(self.table), "rejected": sum(self.stats.rejected.values())}
+                "held": len(self.table), "rejected": sum(self.stats.rejected.values()),
+                "heartbeat": self.vitals.address,
+                "running": None if running is None else {
+                    "job": running.job, "v": running.vertex, "attempt": running.attempt,
+                    "seconds": time.monotonic() - running.started}}
 
     def _on_job(self, identity: bytes, message: dict, frames: list) -> None:
         job = str(message["job"])
@@ -315,6 +330,7 @@ class Server:
     def _end_job(self, job: str) -> None:
         ended = self.jobs.pop(job, None)
         self.table.drop_job(job)
+        self.cancelled = {(j, v) for j, v in self.cancelled if j != job}
         sweep_segments(job)
         if ended is None:
             return
@@ -344,10 +360,12 @@ class Server:
         close_pools()
         if self.restart is not None:
             os.environ[PENDING_REPORT] = json.dumps(report)
+            self.vitals.before_exec()
             self.restart(self.address)
         self._send(self.control, bytes.fromhex(report["identity"]),
                    encode(report["message"]))
         time.sleep(0.05)  # let ZeroMQ hand the report to the network
+        self.vitals.exiting(EXIT_RESTART)
         os._exit(EXIT_RESTART)
 
     def _stuck_report(self, running: Running) -> dict:
@@ -388,6 +406,7 @@ class Server:
         self.executor.join(5.0)  # it owns wake_sender until it returns
         for sock in (self.control, self.data, self.wake, self.wake_sender):
             sock.close(0)
+        self.vitals.close()
 
     # ---- executor thread ----------------------------------------------------------
     def _execute_loop(self) -> None:
@@ -434,6 +453,9 @@ class Server:
         for task in tasks:
             if job_id not in self.jobs:
                 return  # ended meanwhile
+            if (job_id, task.vertex) in self.cancelled:
+                self.cancelled.discard((job_id, task.vertex))
+                continue
             result = self._run_task(identity, job_id, job, task, fetched)
             if result is not None:
                 results.append(result)
@@ -476,18 +498,21 @@ class Server:
                           is not None else job.tracker.facts_for(vertex))
         timeout = plan.vertex_template(vertex).get("timeout")
         started = time.monotonic()
-        self.running = Running(job_id, vertex, task.attempt,
+        self.running = Running(job_id, vertex, task.attempt, started,
                                started + timeout if timeout else None)
+        self.vitals.running(job_id, vertex, task.attempt)
         try:
             with self.vertex_region.region():
                 value = job.invoker.run(vertex, inputs, context)
         except BaseException as error:  # noqa: BLE001 - the vertex's failure is reported
             self.running = None
+            self.vitals.idle()
             if isinstance(error, VertexTimeoutError) and not error.args:
                 error = timeout_error(plan.vertex_name(vertex), timeout)
             self._fail(identity, job_id, task, error, traceback.format_exc())
             return None
         self.running = None
+        self.vitals.idle()
         seconds = time.monotonic() - started
         self.stats.tasks += 1
         self.table.put(job_id, vertex, value)
