@@ -17,7 +17,7 @@ from serpytor.runtime.channels import (
     ChannelTimeoutError, EndOfChannel, channel_key, open_reader, open_writer)
 from serpytor.runtime.channels.framing import (END_RECORD, FrameError, decode_frame_head,
                                                layout_frame)
-from serpytor.runtime.channels.tcp import (CHUNK, SINGLE_FRAME_LIMIT, TcpReader,
+from serpytor.runtime.channels.tcp import (CHUNK, PROTOCOL, SINGLE_FRAME_LIMIT, TcpReader,
                                            quick_frame_head, small_frame_message)
 
 from test_channels_helpers import (assert_same, consume, from_portable, kill, produce, recv,
@@ -98,6 +98,28 @@ def test_two_readers_each_get_the_whole_stream():
     assert list(got.values()) == [list(range(50))] * 2
     first.close()
     second.close()
+
+
+def test_two_readers_each_get_every_array():
+    values = [np.arange(100_000, dtype=np.float64) * i for i in range(5)] + [np.arange(10)]
+    writer = open_writer("tcp", vertex="fan-arrays", readers=2, timeout=10)
+    readers = [open_reader(writer.descriptor, timeout=10) for _ in range(2)]
+    closer = threading.Thread(target=lambda: ([writer.write(v) for v in values], writer.close()))
+    closer.start()
+    got = {}
+    threads = [threading.Thread(target=lambda r=r: got.__setitem__(id(r), r.read_all()))
+               for r in readers]
+    for thread in threads:
+        thread.start()
+    for thread in threads + [closer]:
+        thread.join(10)
+    assert len(got) == 2
+    for items in got.values():
+        assert len(items) == len(values)
+        for item, want in zip(items, values):
+            assert_same(item, want)
+    for reader in readers:
+        reader.close()
 
 
 def test_a_third_reader_is_refused():
@@ -189,20 +211,21 @@ def test_silent_live_producer_times_out_on_read():
 
 # a fake producer speaking the protocol, to feed the reader damaged messages -------------
 class FakeProducer:
-    def __init__(self, key_of: ChannelDescriptor | None = None):
+    def __init__(self, key_of: ChannelDescriptor | None = None, protocol: int = PROTOCOL):
         self.sock = zmq.Context.instance().socket(zmq.ROUTER)
         self.sock.linger = 0
         port = self.sock.bind_to_random_port("tcp://127.0.0.1")
         self.descriptor = ChannelDescriptor(ChannelKind.TCP, f"tcp://127.0.0.1:{port}",
                                             vertex="fake", job="j")
         self.key = channel_key(key_of or self.descriptor)
+        self.protocol = protocol
 
     def serve(self, *messages: list[bytes]) -> None:
         if not self.sock.poll(5000):
             raise AssertionError("reader never said hello")
         peer, hello = self.sock.recv_multipart()
         assert hello[:1] == b"H"
-        welcome = b"W" + json.dumps({"protocol": 1, "key": self.key.hex()}).encode()
+        welcome = b"W" + json.dumps({"protocol": self.protocol, "key": self.key.hex()}).encode()
         self.sock.send_multipart([peer, welcome])
         for parts in messages:
             self.sock.send_multipart([peer, *parts])
@@ -229,6 +252,15 @@ def _flip(data: bytes, index: int) -> bytes:
     ([[_head(b"\x80\x05garbage")]], "does not deserialize"),
     ([[b"E" + END_RECORD.pack(3, 999)]], "stream ended after 0 items"),
     ([[b"Q" + b"?"]], "unexpected message tag"),
+    # one array: T, the array, its head
+    ([[b"T"]], "array message without its array"),
+    ([[b"T", b"0123456789"]], "array message without its frame head"),
+    ([[b"T", b"0123456789", _head(sizes=(10,)), b"extra"]], "more parts than its table"),
+    ([[b"T", b"01234", _head(sizes=(10,))]], "buffer of 5 bytes, table says 10"),
+    ([[b"T", b"0123456789", _flip(_head(sizes=(10,)), 50)]], "checksum mismatch"),
+    ([[b"T", b"0123456789", _head()]], r"not one array's \(flags 0, buffers \[\]\)"),
+    ([[b"T", b"0123456789", _head(sizes=(4, 6))]], r"not one array's \(flags 0, buffers \[4, 6"),
+    ([[b"T", b"0123456789", b"Q" + _head(sizes=(10,))[1:]]], "head tagged b'Q'"),
 ])
 def test_damaged_messages_are_corrupt_errors(messages, message):
     fake = FakeProducer()
@@ -270,15 +302,44 @@ def test_an_endpoint_serving_another_channel_is_not_found():
         fake.close()
 
 
+def test_an_array_message_and_a_head_first_frame_of_one_array_both_read():
+    fake = FakeProducer()
+    reader = open_reader(fake.descriptor, timeout=5)
+    try:
+        head = _head(b"NC10;|u1", sizes=(10,))
+        frame_len = layout_frame(b"NC10;|u1", (10,)).frame_len
+        fake.serve([b"T", b"0123456789", head], [head, b"9876543210"],
+                   [b"E" + END_RECORD.pack(2, 2 * frame_len)])
+        assert bytes(reader.read()) == b"0123456789"
+        assert bytes(reader.read()) == b"9876543210"
+        with pytest.raises(EndOfChannel):
+            reader.read()
+    finally:
+        reader.close()
+        fake.close()
+
+
 def test_a_changed_head_after_repeated_ones_is_checked_again():
     fake = FakeProducer()
     reader = open_reader(fake.descriptor, timeout=5)
     try:
-        head = _head(b"N" + b"C10;|u1", sizes=(10,))
-        fake.serve([head, b"0123456789"], [head, b"0123456789"],
-                   [_flip(head, len(head) - 1), b"0123456789"])
+        head = _head(b"NC10;|u1", sizes=(10,))
+        fake.serve([b"T", b"0123456789", head], [b"T", b"0123456789", head],
+                   [b"T", b"0123456789", _flip(head, len(head) - 1)])
         assert bytes(reader.read()) == bytes(reader.read()) == b"0123456789"
         with pytest.raises(ChannelCorruptError, match="checksum mismatch"):
+            reader.read()
+    finally:
+        reader.close()
+        fake.close()
+
+
+def test_a_producer_of_another_protocol_is_named():
+    fake = FakeProducer(protocol=PROTOCOL + 1)
+    reader = open_reader(fake.descriptor, timeout=5)
+    try:
+        fake.serve()
+        with pytest.raises(ChannelNotFoundError, match=f"protocol {PROTOCOL + 1}, this reader"):
             reader.read()
     finally:
         reader.close()
