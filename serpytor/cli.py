@@ -176,6 +176,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         "(VALUE is JSON, or a plain string)")
     parser.add_argument("--output", choices=("text", "json"), default="text",
                         help="how to print the results")
+    parser.add_argument("--keys", metavar="DIR", help="CURVE keys made by `serpytor "
+                        "keygen`: authenticate and encrypt every connection")
     parser.add_argument("--queues", choices=("single", "stage"), default="single",
                         help="ready vertices wait in one queue (by priority) or in one "
                         "queue per stage, served in turn")
@@ -240,7 +242,7 @@ def run_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
                  servers=args.servers, journal=False if args.no_journal else args.journal,
                  fresh=args.fresh, durable=args.durable, overrides=dict(args.set),
                  keep_going=args.keep_going, progress=True, placement=args.placement,
-                 queues=args.queues)
+                 queues=args.queues, keys=args.keys)
     if args.output == "json":
         print(json.dumps({"outputs": {k: _jsonable(v) for k, v in result.outputs.items()},
                           "stats": result.stats}))
@@ -282,6 +284,10 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default: the gateway's journal directory)")
     parser.add_argument("--no-heartbeat", action="store_true", help="do not start a "
                         "heartbeat process beside the server")
+    parser.add_argument("--keys", metavar="DIR", help="CURVE keys made by `serpytor "
+                        "keygen`: accept only authorized clients, encrypt everything")
+    parser.add_argument("--insecure", action="store_true", help="allow binding a public "
+                        "address without keys (anyone who reaches it can run code)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log and show tracebacks")
 
 
@@ -305,7 +311,10 @@ def server_command(args: argparse.Namespace) -> int:
     try:
         server = Server(args.bind, name=args.name, admission=admission,
                         allowed_modules=allowed, store_dir=args.store,
-                        restart=reexec_restart(args.argv), heartbeat=not args.no_heartbeat)
+                        restart=reexec_restart(args.argv), heartbeat=not args.no_heartbeat,
+                        keys=args.keys, insecure=args.insecure)
+    except SerpytorError:
+        raise  # keys that cannot be read, a public address without keys: said as is
     except Exception as error:  # zmq errors: address in use, bad address
         raise UserError(f"error: cannot bind {args.bind}: {error}") from None
     stop = threading.Event()
@@ -313,6 +322,16 @@ def server_command(args: argparse.Namespace) -> int:
         signal.signal(signum, lambda *_: stop.set())
     print(f"serpytor server {server.name} listening on {server.address}", flush=True)
     server.serve(stop)
+    return 0
+
+
+def keygen_command(args: argparse.Namespace) -> int:
+    from .runtime.security import keygen
+
+    paths = keygen(args.directory, force=args.force)
+    print(f"keys written to {paths.directory}: copy the whole directory to every server "
+          f"host; a gateway host needs only {paths.client_secret.name} and "
+          f"{paths.server_public.name}")
     return 0
 
 
@@ -377,6 +396,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     heartbeat_parser = commands.add_parser("heartbeat", help="answer heartbeat requests "
                                            "with this machine's figures")
     add_heartbeat_arguments(heartbeat_parser)
+    keygen_parser = commands.add_parser("keygen", help="make CURVE keys for servers and "
+                                        "gateways")
+    keygen_parser.add_argument("directory", metavar="DIR", help="where to write the keys")
+    keygen_parser.add_argument("--force", action="store_true", help="replace existing keys")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # a server restarts with it
     handlers: dict[str, Callable[[], int]] = {
@@ -385,6 +408,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "explain": lambda: explain_command(args),
         "server": lambda: server_command(args),
         "heartbeat": lambda: heartbeat_command(args),
+        "keygen": lambda: keygen_command(args),
     }
     return run_guarded(handlers[args.command], getattr(args, "verbose", False))
 

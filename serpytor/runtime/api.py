@@ -52,7 +52,7 @@ def run(pipeline: Plan | str | Path, *, inline: bool = False, workers: int | Non
         fresh: bool = False, durable: bool = False,
         overrides: Mapping[str, Any] | None = None, keep_going: bool = False,
         progress: bool = False, placement: str | None = None,
-        queues: str = "single") -> RunResult:
+        queues: str = "single", keys: str | Path | None = None) -> RunResult:
     """Run a pipeline and return its :class:`RunResult`.
 
     ``inline=True`` runs in this process; otherwise the gateway runs here with
@@ -64,7 +64,7 @@ def run(pipeline: Plan | str | Path, *, inline: bool = False, workers: int | Non
     is the allocation policy (``locality``, ``least_loaded``, ``round_robin`` or
     ``MODULE:FUNCTION``; default: the pipeline's ``placement``, else ``locality``);
     ``queues``: ``single`` (one queue, by priority) or ``stage`` (one per stage,
-    served in turn).
+    served in turn); ``keys``: a directory of CURVE keys (``serpytor keygen``).
     """
     plan = load_pipeline(pipeline)
     if inline and servers:
@@ -81,7 +81,7 @@ def run(pipeline: Plan | str | Path, *, inline: bool = False, workers: int | Non
 
         return run_distributed(plan, durability, overrides, keep_going, workers=workers,
                                servers=servers, progress=bar, placement=placement,
-                               queues=queues)
+                               queues=queues, keys=str(keys) if keys else None)
     finally:
         if bar is not None:
             bar.close()

@@ -52,6 +52,7 @@ from .links import DOWN, LOST, READY, Link, Timing, handshake, learn, open_link
 from .result import RunResult
 from .queues import QueueSilo, ReadyQueue
 from .schedule import build_schedule
+from .security import SecurityConfig, load_security
 from .stragglers import StragglerWatch
 from .transfer import FetchError, InputFetcher, TransferCounts
 
@@ -83,7 +84,8 @@ class Gateway:
                  window: int = 256, processes: list[Any] | None = None,
                  context: zmq.Context | None = None, progress: Any = None,
                  policy: Any = "locality", timing: Timing | None = None,
-                 revive: Callable[[int], Any] | None = None, queues: str = "single") -> None:
+                 revive: Callable[[int], Any] | None = None, queues: str = "single",
+                 security: SecurityConfig | None = None) -> None:
         self.plan = plan
         self.ctx = context or zmq.Context.instance()
         self.job = uuid.uuid4().hex[:16]
@@ -96,8 +98,9 @@ class Gateway:
         self.tracker = ContextTracker(plan, overrides)
         self.allocator = Allocator(plan, policy, window)
         processes = processes or [None] * len(addresses)
-        self.links = [open_link(self.ctx, i, a, f"{self.job}-{i}".encode(), processes[i])
-                      for i, a in enumerate(addresses)]
+        self.security = security
+        self.links = [open_link(self.ctx, i, a, f"{self.job}-{i}".encode(), processes[i],
+                                security) for i, a in enumerate(addresses)]
         n = plan.n_vertices
         self.schedule = build_schedule(plan)
         self.engine = _core.ReadyEngine(self.schedule.indptr, self.schedule.indices)
@@ -128,30 +131,57 @@ class Gateway:
 
     # ---- the run ----------------------------------------------------------------------
     def run(self) -> RunResult:
-        started = time.perf_counter()
+        """Run the job here and bring the sink outputs to this process."""
         try:
-            refresh_modules(self.plan)
-            self._connect()
-            while self.finished + len(self.blocked) < self.plan.n_vertices:
-                progressed = self._dispatch()
-                self._receive(0 if progressed else POLL_MS)
-                self._watch_links()
+            self.execute()
             self.result.outputs = self._gather_sinks()
         finally:
-            self._end()
-            self.durability.close()
+            self.close()
+        return self.result
+
+    def execute(self) -> RunResult:
+        """Run every vertex (the sink outputs stay where they are: see
+        :meth:`sink_locations`); the result without outputs."""
+        started = time.perf_counter()
+        refresh_modules(self.plan)
+        self._connect()
+        while self.finished + len(self.blocked) < self.plan.n_vertices:
+            progressed = self._dispatch()
+            self._receive(0 if progressed else POLL_MS)
+            self._watch_links()
         self.result.seconds = time.perf_counter() - started
         self.result.error = self.first_error
         return self.result
 
+    def close(self) -> None:
+        """End the job on every server (they drop its outputs) and close the journal."""
+        try:
+            self._end()
+        finally:
+            self.durability.close()
+
+    def sink_locations(self) -> dict[str, dict[str, Any]]:
+        """Where each sink's output is: ``{"at": data address}`` of the server holding
+        it, or ``{"path", "digest", "via"}``: stored, readable through server ``via``."""
+        via = next((l.data for l in self.links if l.usable), None)
+        locations: dict[str, dict[str, Any]] = {}
+        for sink in sorted(self.sinks - self.blocked):
+            name = self.plan.vertex_name(sink)
+            holder = int(self.holder[sink])
+            if holder >= 0:
+                locations[name] = {"v": sink, "at": self.links[holder].data}
+            else:
+                path, digest = self.stored[sink]
+                locations[name] = {"v": sink, "path": path, "digest": digest, "via": via}
+        return locations
+
     def _connect(self) -> None:
         silent = handshake(self.links, self.timing.handshake)
         if len(silent) == len(self.links):
-            addresses = ", ".join(link.address for link in silent)
-            raise ServerUnavailableError(f"no server answered at {addresses} within "
-                                         f"{self.timing.handshake:g} s")
+            raise ServerUnavailableError("; ".join(_silence(link, self.timing.handshake)
+                                                   for link in silent))
         for link in silent:  # run on the others; these join if they come up
-            link.state, link.why_lost = LOST, f"did not answer within {self.timing.handshake:g} s"
+            link.state, link.why_lost = LOST, _silence(link, self.timing.handshake)
             log.warning("server at %s did not answer; running without it", link.address)
             self.result.server_events.append({"server": link.label, "event": "lost",
                                               "why": link.why_lost})
@@ -529,6 +559,9 @@ class Gateway:
         a connection down or a silence past their limits."""
         t = self.timing
         silent_for = now - link.last_heard
+        if link.refused_key:
+            return ("refused the connection (the CURVE handshake failed: wrong keys)",
+                    "system", None)
         if link.heartbeat is None or link.beat_since is None:
             if link.state == DOWN and now - link.down_since > t.reconnect_grace:
                 return f"was unreachable for {now - link.down_since:.0f} s", "system", None
@@ -676,25 +709,8 @@ class Gateway:
 
     # ---- the end ------------------------------------------------------------------------
     def _gather_sinks(self) -> dict[str, Any]:
-        by_holder: dict[int, list[int]] = {}
-        outputs: dict[int, Any] = {}
-        for sink in sorted(self.sinks - self.blocked):
-            holder = int(self.holder[sink])
-            if holder >= 0:
-                by_holder.setdefault(holder, []).append(sink)
-            else:
-                path, digest = self.stored[sink]
-                outputs[sink] = self.durability.store.get(path, digest)
-        fetcher = InputFetcher(self.ctx, this_host(), TransferCounts())
-        try:
-            wanted = {self.links[h].data: [(v, 0) for v in vs] for h, vs in by_holder.items()}
-            fetched = fetcher.fetch(self.job, wanted, self.plan.vertex_name)
-            outputs.update(fetched.values)
-        except FetchError as error:
-            raise OutputUnavailableError(f"the result of {error}") from None
-        finally:
-            fetcher.close()
-        return {self.plan.vertex_name(v): outputs[v] for v in sorted(outputs)}
+        return collect_outputs(self.ctx, self.job, self.sink_locations(), self.security,
+                               self.durability.store)
 
     def _end(self) -> None:
         for link in self.links:
@@ -702,6 +718,42 @@ class Gateway:
                 link.send({"type": "end", "job": self.job})
             link.close()
         sweep_segments(self.job)
+
+
+def collect_outputs(ctx: zmq.Context, job: str, locations: dict[str, dict[str, Any]],
+                    security: SecurityConfig | None = None,
+                    store: Any = None) -> dict[str, Any]:
+    """The sink outputs ``locations`` names (see :meth:`Gateway.sink_locations`):
+    fetched from the servers holding them, and stored ones read from ``store`` when
+    this process has it, else through the server the location names."""
+    names = {int(where["v"]): name for name, where in locations.items()}
+    outputs: dict[int, Any] = {}
+    held: dict[str, list[tuple[int, int]]] = {}
+    stored: dict[str, list[tuple[int, str, str]]] = {}
+    for name, where in locations.items():
+        vertex = int(where["v"])
+        if "at" in where:
+            held.setdefault(where["at"], []).append((vertex, 0))
+        elif store is not None:
+            outputs[vertex] = store.get(where["path"], where["digest"])
+        else:
+            stored.setdefault(where["via"], []).append((vertex, where["path"], where["digest"]))
+    fetcher = InputFetcher(ctx, this_host(), TransferCounts(), security=security)
+    try:
+        fetched = fetcher.fetch(job, held, lambda v: names.get(v, str(v)), stored)
+        outputs.update(fetched.values)
+    except FetchError as error:
+        raise OutputUnavailableError(f"the result of {error}") from None
+    finally:
+        fetcher.close()
+    return {names[v]: outputs[v] for v in sorted(outputs)}
+
+
+def _silence(link: Link, timeout: float) -> str:
+    if link.refused_key:
+        return (f"the server at {link.address} refused the connection: the CURVE handshake "
+                f"failed (wrong server key, or this client's key is not authorized there)")
+    return f"no server answered at {link.address} within {timeout:g} s"
 
 
 def rebuild_error(plan: Plan, vertex: int, message: dict) -> RemoteTaskError:
@@ -727,18 +779,22 @@ def exception_type(qualified: str) -> type[BaseException]:
 def run_distributed(plan: Plan, durability: Durability, overrides: Mapping[str, Any] | None,
                     keep_going: bool, workers: int | None = None,
                     servers: list[str] | None = None, progress: Any = None,
-                    placement: str | None = None, queues: str = "single") -> RunResult:
+                    placement: str | None = None, queues: str = "single",
+                    keys: str | None = None) -> RunResult:
     """The embedded default (local servers) or ``--servers``. ``placement``: a policy
-    name or MODULE:FUNCTION; None: the plan's, else locality."""
+    name or MODULE:FUNCTION; None: the plan's, else locality. ``keys``: a directory of
+    CURVE keys (``serpytor keygen``) for every connection."""
     placement = resolve_policy(placement, plan)
+    security = load_security(keys)
     if servers:
         return Gateway(plan, servers, durability, overrides, keep_going,
-                       progress=progress, policy=placement, queues=queues).run()
+                       progress=progress, policy=placement, queues=queues,
+                       security=security).run()
     from .local import LocalServers
 
     count = workers or os.cpu_count() or 1
-    with LocalServers(count) as local:
+    with LocalServers(count, ["--keys", str(keys)] if keys else None) as local:
         gateway = Gateway(plan, local.addresses, durability, overrides, keep_going,
                           processes=local.servers, progress=progress, policy=placement,
-                          revive=local.revive, queues=queues)
+                          revive=local.revive, queues=queues, security=security)
         return gateway.run()

@@ -46,6 +46,7 @@ import psutil
 import zmq
 
 from ..errors import SerpytorError
+from .security import SecurityConfig, check_bind, load_security, secure_client, secure_server
 from .status import StatusBlock, status_path
 
 log = logging.getLogger("serpytor.heartbeat")
@@ -331,12 +332,15 @@ class HeartbeatServer:
 
     def __init__(self, bind: str, *, name: str | None = None, watch: ServerWatch | None = None,
                  channel_dir: str | None = None, context: zmq.Context | None = None,
-                 clock: Clock = time.monotonic) -> None:
+                 clock: Clock = time.monotonic, security: SecurityConfig | None = None,
+                 insecure: bool = False) -> None:
+        check_bind(bind, security, insecure)
         self.ctx = context or zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.sock.setsockopt(zmq.MAXMSGSIZE, TRANSPORT_LIMIT)
+        secure_server(self.sock, security)
         self.address = _bind(self.sock, bind)
         self.host = socket.gethostname()
         self.name = name or f"{self.host}:{watch.pid if watch else os.getpid()}"
@@ -462,12 +466,14 @@ class HeartbeatClient:
     late reply to an earlier request is never taken for the current one. Use
     :meth:`poll` to wait, or :meth:`request` + :meth:`replies` from a poll loop."""
 
-    def __init__(self, ctx: zmq.Context, address: str) -> None:
+    def __init__(self, ctx: zmq.Context, address: str,
+                 security: SecurityConfig | None = None) -> None:
         self.address = address
         self.sock = ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.SNDHWM, 16)  # requests to a dead heartbeat do not pile up
         self.sock.setsockopt(zmq.MAXMSGSIZE, TRANSPORT_LIMIT)
+        secure_client(self.sock, security)
         self.sock.connect(address)
         self.last_id = 0
 
@@ -532,8 +538,9 @@ def _parse_reply(frames: list[bytes]) -> dict[str, Any] | None:
 # ---- starting and stopping the process ---------------------------------------------
 def spawn_heartbeat(bind_host: str, watch_pid: int, status_path: str, name: str,
                     channel_dir: str | None = None, *, linger_s: float = DEFAULT_LINGER_S,
-                    log_path: str | None = None,
-                    timeout_s: float = START_TIMEOUT_S) -> tuple[subprocess.Popen, str]:
+                    log_path: str | None = None, timeout_s: float = START_TIMEOUT_S,
+                    keys: str | None = None,
+                    insecure: bool = False) -> tuple[subprocess.Popen, str]:
     """Start the heartbeat of server ``watch_pid`` and wait for its ready line; the
     process and its address. ``bind_host`` is a host (a free port is picked) or a
     whole ``tcp://HOST:PORT``. Its stderr (rejections, errors) goes to ``log_path``,
@@ -544,6 +551,10 @@ def spawn_heartbeat(bind_host: str, watch_pid: int, status_path: str, name: str,
                "--status", status_path, "--name", name, "--linger", str(linger_s)]
     if channel_dir:
         command += ["--channel-dir", channel_dir]
+    if keys:
+        command += ["--keys", keys]
+    if insecure:
+        command.append("--insecure")
     errors = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
     try:
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -614,6 +625,10 @@ def add_heartbeat_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--linger", metavar="SECONDS", type=float, default=DEFAULT_LINGER_S,
                         help="keep answering this long after the server died "
                         f"(default {DEFAULT_LINGER_S:g})")
+    parser.add_argument("--keys", metavar="DIR", help="CURVE keys (made by `serpytor "
+                        "keygen`): encrypt, and answer only authorized clients")
+    parser.add_argument("--insecure", action="store_true", help="allow binding a public "
+                        "address without keys")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
 
 
@@ -625,7 +640,8 @@ def heartbeat_command(args: argparse.Namespace) -> int:
     if args.watch is not None:
         watch = ServerWatch(args.watch, args.status or status_path(args.watch), args.linger)
     server = HeartbeatServer(args.bind, name=args.name, watch=watch,
-                             channel_dir=args.channel_dir)
+                             channel_dir=args.channel_dir,
+                             security=load_security(args.keys), insecure=args.insecure)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

@@ -26,6 +26,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from .protocol import ProtocolError, decode, encode
+from .security import HANDSHAKE_FAILED_EVENTS, SecurityConfig, secure_client
 
 READY, DOWN, LOST = "ready", "down", "lost"
 MONITORED = zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
@@ -69,6 +70,8 @@ class Link:
     beat_asked: float = 0.0
     beat_since: float | None = None  # when the gateway started asking
     notes: set[str] = field(default_factory=set)  # conditions already reported once
+    security: SecurityConfig | None = None
+    refused_key: bool = False      # the CURVE handshake failed: our keys are not its
 
     @property
     def label(self) -> str:
@@ -102,9 +105,12 @@ class Link:
         events = []
         while self.monitor.poll(0):
             try:
-                events.append(int(recv_monitor_message(self.monitor)["event"]))
+                event = int(recv_monitor_message(self.monitor)["event"])
             except (zmq.ZMQError, ValueError, KeyError):
                 break
+            if event & HANDSHAKE_FAILED_EVENTS:
+                self.refused_key = True
+            events.append(event)
         return events
 
     def close(self) -> None:
@@ -125,7 +131,7 @@ class Link:
         if self.beat_client is None:
             from .heartbeat import HeartbeatClient
 
-            self.beat_client = HeartbeatClient(ctx, self.heartbeat)
+            self.beat_client = HeartbeatClient(ctx, self.heartbeat, self.security)
             self.beat_since = now
         for beat in self.beat_client.replies():
             self.beat, self.beat_at = beat, now
@@ -147,14 +153,15 @@ class Link:
 
 
 def open_link(ctx: zmq.Context, index: int, address: str, routing_id: bytes,
-              process: Any = None) -> Link:
+              process: Any = None, security: SecurityConfig | None = None) -> Link:
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.ROUTING_ID, routing_id)
     sock.setsockopt(zmq.RECONNECT_IVL, 100)
-    monitor = sock.get_monitor_socket(MONITORED)
+    monitor = sock.get_monitor_socket(MONITORED | HANDSHAKE_FAILED_EVENTS)
+    secure_client(sock, security)
     sock.connect(address)
-    return Link(index, address, sock, monitor, process)
+    return Link(index, address, sock, monitor, process, security=security)
 
 
 def learn(link: Link, pong: dict) -> bool:
@@ -183,20 +190,27 @@ def reachable(address: str, server_address: str) -> str:
 
 
 def handshake(links: list[Link], timeout: float) -> list[Link]:
-    """Ping every link and wait for the pongs; returns the links that did not answer."""
+    """Ping every link and wait for the pongs; returns the links that did not answer
+    (at once for those whose CURVE handshake failed: they will not answer)."""
     for link in links:
         link.ping(time.monotonic())
     deadline = time.monotonic() + timeout
     waiting = {link.index: link for link in links}
+    failed: list[Link] = []
     poller = zmq.Poller()
     for link in links:
         poller.register(link.sock, zmq.POLLIN)
     while waiting and time.monotonic() < deadline:
         events = dict(poller.poll(50))
         for link in list(waiting.values()):
+            link.connection_events()
+            if link.refused_key:
+                waiting.pop(link.index)
+                failed.append(link)
+                continue
             while link.sock in events and link.sock.poll(0):
                 message = link.read()
                 if message and message["type"] == "pong":
                     learn(link, message)
                     waiting.pop(link.index, None)
-    return list(waiting.values())
+    return failed + list(waiting.values())

@@ -49,6 +49,7 @@ from .channels import close_pools, default_directory, sweep_segments
 from .context import Context, ContextTracker
 from .invoke import FunctionNotFoundError, Invoker, plan_modules, refresh_modules
 from .protocol import ProtocolError, decode, encode
+from .security import check_bind, load_security, secure_server, trusted
 from .store import OutputError, OutputStore, StoredFile, serialize
 from .tasks import Source, Task, parse_tasks
 from .timeouts import Interruptible, timeout_error
@@ -62,6 +63,8 @@ EXIT_RESTART = 75  # "temporary failure": a supervisor restarts the server
 POLL_MS = 50
 RESULT_FLUSH_S = 0.002
 STUCK_GRACE_S = 2.0  # after the interrupt, how long a vertex may take to notice it
+CONTROL_LIMIT = 1 << 30       # bytes: a job message carries its plan
+DATA_REQUEST_LIMIT = 1 << 20  # bytes: a get names vertices, nothing more
 REPORT_PATIENCE_S = 10.0  # how long a restarted server waits for its gateway to return
 PENDING_REPORT = "SERPYTOR_PENDING_REPORT"  # carries that report across the re-exec
 
@@ -108,7 +111,10 @@ class Server:
                  store_dir: str | None = None,
                  context: zmq.Context | None = None,
                  restart: Callable[[str], None] | None = None,
-                 heartbeat: bool = True) -> None:
+                 heartbeat: bool = True, keys: str | None = None,
+                 insecure: bool = False) -> None:
+        self.security = load_security(keys)
+        check_bind(bind, self.security, insecure)
         self.ctx = context or zmq.Context.instance()
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.host = socket.gethostname()
@@ -117,15 +123,17 @@ class Server:
         self.allowed_modules = allowed_modules
         self.store_dir = store_dir
         self.restart = restart
-        self.control = self._socket(zmq.ROUTER)
+        self.control = self._socket(zmq.ROUTER, CONTROL_LIMIT)
         self.address = bind_socket(self.control, bind)
         data_host = self.address.split("://", 1)[1].rsplit(":", 1)[0]
-        self.data = self._socket(zmq.ROUTER)
+        self.data = self._socket(zmq.ROUTER, DATA_REQUEST_LIMIT)
         self.data_address = bind_socket(self.data, f"tcp://{data_host}:*")
-        self.vitals = Vitals(data_host, self.name, self.incarnation, store_dir, heartbeat)
+        self.vitals = Vitals(data_host, self.name, self.incarnation, store_dir, heartbeat,
+                             keys, insecure)
         self.jobs: dict[str, Job] = {}
         self.table = OutputTable()
-        self.holder = Holder(self.table, self.name, self.host, data_host)
+        self.holder = Holder(self.table, self.name, self.host, data_host, self.security,
+                             self._read_job_store)
         self.transfers = TransferCounts()
         self.stats = ServerStats()
         self.tasks: queue.Queue = queue.Queue()
@@ -146,12 +154,14 @@ class Server:
         self.executor = threading.Thread(target=self._execute_loop, name="serpytor-executor",
                                          daemon=True)
 
-    def _socket(self, kind: int) -> zmq.Socket:
+    def _socket(self, kind: int, max_message: int) -> zmq.Socket:
+        """A bound ROUTER: CURVE when keys are configured; a peer sending a message
+        larger than ``max_message`` is disconnected by ZeroMQ before it is buffered."""
         sock = self.ctx.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
-        if kind == zmq.ROUTER:
-            sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        return sock
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.setsockopt(zmq.MAXMSGSIZE, max_message)
+        return secure_server(sock, self.security)
 
     # ---- I/O thread ---------------------------------------------------------------
     def _post(self, identity: bytes, frames: list) -> None:
@@ -196,6 +206,9 @@ class Server:
             except zmq.Again:
                 return
             identity, payload = frames[0].bytes, frames[1:]
+            if not trusted(sock, frames[0], self.security):
+                self._reject(sock, identity, "the peer is not authenticated")
+                continue
             try:
                 handler(identity, *decode(payload))
             except ProtocolError as error:
@@ -327,6 +340,12 @@ class Server:
             raise ProtocolError(f"the data port takes only 'get', not {message['type']!r}")
         self._send(self.data, identity, self.holder.answer(message))
 
+    def _read_job_store(self, job: str, path: str, digest: str) -> Any:
+        store = self.jobs[job].store
+        if store is None:
+            raise LookupError(f"job {job} keeps no journal on server {self.name}")
+        return store.get(path, digest)
+
     def _end_job(self, job: str) -> None:
         ended = self.jobs.pop(job, None)
         self.table.drop_job(job)
@@ -410,7 +429,7 @@ class Server:
 
     # ---- executor thread ----------------------------------------------------------
     def _execute_loop(self) -> None:
-        fetcher = InputFetcher(self.ctx, self.host, self.transfers)
+        fetcher = InputFetcher(self.ctx, self.host, self.transfers, security=self.security)
         try:
             while True:
                 item = self.tasks.get()

@@ -44,6 +44,7 @@ from .channels import (ChannelError, ChannelReader, EndOfChannel, get_serializer
                        open_reader, open_writer, same_host)
 from .channels.framing import FrameError, decode_frame_head, layout_frame
 from .protocol import ProtocolError, decode, encode
+from .security import SecurityConfig, secure_client
 
 log = logging.getLogger("serpytor.transfer")
 
@@ -138,11 +139,15 @@ def choose_transfer(hint: ChannelKind, together: bool, nbytes: int) -> str:
 class Holder:
     """Answers ``get`` requests on a server's data port."""
 
-    def __init__(self, table: OutputTable, name: str, host: str, data_host: str) -> None:
+    def __init__(self, table: OutputTable, name: str, host: str, data_host: str,
+                 security: SecurityConfig | None = None,
+                 read_stored: Callable[[str, str, str], Any] | None = None) -> None:
         self.table = table
         self.name = name
         self.host = host
         self.data_host = data_host
+        self.security = security
+        self.read_stored = read_stored  # (job, path, digest) -> value, from the job's store
         self.channels = 0  # a version per channel opened, so no two share a key
 
     def answer(self, message: dict) -> list[Any]:
@@ -164,7 +169,25 @@ class Holder:
             item, payload = self._item(job, vertex, ChannelKind(hint), together)
             items.append(item)
             frames.extend(payload)
+        for vertex, path, digest in stored_list(message.get("stored", [])):
+            item, payload = self._stored_item(job, vertex, path, digest)
+            items.append(item)
+            frames.extend(payload)
         return encode({"type": "data", "job": job, "items": items}, *frames)
+
+    def _stored_item(self, job: str, vertex: int, path: str,
+                     digest: str) -> tuple[dict, list[Any]]:
+        """A journaled output read from this server's store for a client that cannot
+        read the store itself (the result of a run submitted to a gateway)."""
+        try:
+            if self.read_stored is None:
+                raise LookupError(f"server {self.name} has no store")
+            encoded = SERIALIZER.dumps(self.read_stored(job, path, digest))
+        except Exception as error:  # a missing job, a damaged file
+            return {"v": vertex, "via": ERROR, "message": f"stored output {path}: {error}"}, []
+        header, buffers = encoded
+        layout = layout_frame(bytes(header), [memoryview(b).nbytes for b in buffers])
+        return {"v": vertex, "via": INLINE, "frames": 1 + len(buffers)}, [layout.head, *buffers]
 
     def _item(self, job: str, vertex: int, hint: ChannelKind,
               together: bool) -> tuple[dict, list[Any]]:
@@ -198,7 +221,7 @@ class Holder:
                 writer.write_serialized(*encoded)
             return writer.descriptor.to_dict()
         writer = open_writer("tcp", bind=f"tcp://{self.data_host}:*",
-                             timeout=STREAM_TIMEOUT_S, **options)
+                             timeout=STREAM_TIMEOUT_S, security=self.security, **options)
         threading.Thread(target=_stream, args=(writer, encoded), daemon=True,
                          name=f"serpytor-stream-{vertex}").start()
         return writer.descriptor.to_dict()
@@ -211,6 +234,14 @@ def _stream(writer: Any, encoded: tuple[bytes, list[Any]]) -> None:
             writer.write_serialized(*encoded)
     except ChannelError as error:
         log.warning("stream of %s failed: %s", writer.descriptor.vertex, error)
+
+
+def stored_list(value: Any) -> list[tuple[int, str, str]]:
+    if not isinstance(value, list) or not all(
+            isinstance(i, list) and len(i) == 3 and type(i[0]) is int and
+            isinstance(i[1], str) and isinstance(i[2], str) for i in value):
+        raise ProtocolError("stored must be a list of [vertex, path, digest]")
+    return [tuple(i) for i in value]
 
 
 def vertex_list(value: Any) -> list[int]:
@@ -258,26 +289,37 @@ class InputFetcher:
     """The executor's DEALER sockets to peers' data ports, one per address."""
 
     def __init__(self, ctx: zmq.Context, host: str, counts: TransferCounts,
-                 timeout: float = FETCH_TIMEOUT_S) -> None:
+                 timeout: float = FETCH_TIMEOUT_S,
+                 security: SecurityConfig | None = None) -> None:
         self.ctx = ctx
         self.host = host
         self.counts = counts
         self.timeout = timeout
+        # with keys, a holder is trusted because the CURVE handshake proved it holds the
+        # cluster's server key: only then is what it sends unpickled
+        self.security = security
         self.sockets: dict[str, zmq.Socket] = {}
         self.name_of: Callable[[int], str] = str
 
     def fetch(self, job: str, wanted: dict[str, list[tuple[int, int]]],
-              name_of: Callable[[int], str] = str) -> Fetched:
-        """Bring ``{holder address: [(vertex, hint), ...]}`` here, one request per holder."""
+              name_of: Callable[[int], str] = str,
+              stored: dict[str, list[tuple[int, str, str]]] | None = None) -> Fetched:
+        """Bring ``{holder address: [(vertex, hint), ...]}`` here, one request per holder;
+        ``stored``: ``{server address: [(vertex, path, digest)]}`` read by that server."""
         self.name_of = name_of
-        for address, inputs in wanted.items():
+        stored = stored or {}
+        addresses = list(dict.fromkeys([*wanted, *stored]))
+        for address in addresses:
+            inputs = wanted.get(address, [])
             self._socket(address).send_multipart(encode({
                 "type": "get", "job": job, "host": self.host,
-                "vertices": [v for v, _ in inputs], "hints": [h for _, h in inputs]}))
+                "vertices": [v for v, _ in inputs], "hints": [h for _, h in inputs],
+                "stored": [list(item) for item in stored.get(address, [])]}))
         fetched = Fetched()
         try:
-            for address, inputs in wanted.items():
-                self._receive(address, [v for v, _ in inputs], fetched)
+            for address in addresses:
+                self._receive(address, [v for v, _ in wanted.get(address, [])] +
+                              [v for v, _, _ in stored.get(address, [])], fetched)
         except BaseException:
             fetched.close()
             raise
@@ -287,6 +329,7 @@ class InputFetcher:
         if address not in self.sockets:
             sock = self.ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
+            secure_client(sock, self.security)
             sock.connect(address)
             self.sockets[address] = sock
         return self.sockets[address]
@@ -349,7 +392,8 @@ class InputFetcher:
 
     def _read_channel(self, item: dict, vertex: str, address: str, fetched: Fetched) -> Any:
         try:
-            reader = open_reader(item.get("channel"), timeout=FETCH_TIMEOUT_S)
+            reader = open_reader(item.get("channel"), timeout=FETCH_TIMEOUT_S,
+                                 security=self.security)
         except ChannelError as error:
             raise FetchError(f"output of vertex {vertex} from {address}: {error}") from None
         fetched.readers.append(reader)

@@ -31,11 +31,13 @@ ADOPT = "SERPYTOR_HEARTBEAT"  # "PID ADDRESS" of the heartbeat across a re-exec
 
 class Vitals:
     def __init__(self, host: str, name: str, incarnation: str, channel_dir: str | None,
-                 heartbeat: bool = True) -> None:
+                 heartbeat: bool = True, keys: str | None = None,
+                 insecure: bool = False) -> None:
         self.status = StatusBlock.create(status_path(), incarnation=incarnation)
         self.process: subprocess.Popen | None = None
         self.pid: int | None = None
         self.address: str | None = None
+        self.keys, self.insecure = keys, insecure
         if heartbeat:
             self._start(host, name, channel_dir)
 
@@ -47,7 +49,8 @@ class Vitals:
             return
         try:
             self.process, address = spawn_heartbeat(host, os.getpid(), self.status.path,
-                                                    name, channel_dir)
+                                                    name, channel_dir, keys=self.keys,
+                                                    insecure=self.insecure)
         except HeartbeatError as error:  # the server still serves; gateways see no beat
             log.warning("server %s runs without a heartbeat: %s", name, error)
             return

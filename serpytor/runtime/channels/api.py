@@ -36,12 +36,13 @@ def open_writer(kind: ChannelKind | str, *, vertex: str, port: int = 0, version:
                 concurrent: bool = False, directory: str | os.PathLike[str] | None = None,
                 durable: bool = False, bind: str = "tcp://127.0.0.1:*",
                 advertise: str | None = None, timeout: float = DEFAULT_TIMEOUT,
-                size_hint: int = 0) -> ChannelWriter:
+                size_hint: int = 0, security: Any = None) -> ChannelWriter:
     """A writer for output ``port`` of ``vertex`` (execution ``version``) of ``job``.
 
     ``kind`` ``auto`` is resolved by :func:`select_channel` from the hosts and
     ``concurrent``. Kind-specific options: ``directory``/``durable`` (file),
-    ``bind``/``advertise``/``timeout`` (tcp), ``size_hint`` (shm first segment).
+    ``bind``/``advertise``/``timeout``/``security`` (tcp: a SecurityConfig for CURVE),
+    ``size_hint`` (shm first segment).
     """
     requested = parse_kind(kind)
     here = this_host()
@@ -53,21 +54,24 @@ def open_writer(kind: ChannelKind | str, *, vertex: str, port: int = 0, version:
     if chosen == ChannelKind.SHM:
         return ShmWriter(descriptor, size_hint=size_hint)
     if chosen == ChannelKind.TCP:
-        return TcpWriter(descriptor, bind=bind, advertise=advertise, timeout=timeout)
+        return TcpWriter(descriptor, bind=bind, advertise=advertise, timeout=timeout,
+                         security=security)
     folder = Path(directory) if directory is not None else default_directory(job)
     folder.mkdir(parents=True, exist_ok=True)
     return FileWriter(descriptor, directory=folder, durable=durable)
 
 
 def open_reader(descriptor: ChannelDescriptor | dict[str, Any] | str | bytes, *,
-                timeout: float = DEFAULT_TIMEOUT, verify: bool = False) -> ChannelReader:
+                timeout: float = DEFAULT_TIMEOUT, verify: bool = False,
+                security: Any = None) -> ChannelReader:
     """A reader for the channel ``descriptor`` names (object, dict or JSON text).
-    ``timeout`` bounds every wait; ``verify`` re-checks a file's digest first."""
+    ``timeout`` bounds every wait; ``verify`` re-checks a file's digest first;
+    ``security`` (tcp) a SecurityConfig for CURVE."""
     d = as_descriptor(descriptor)
     if d.kind == ChannelKind.SHM:
         return ShmReader(d, timeout)
     if d.kind == ChannelKind.TCP:
-        return TcpReader(d, timeout)
+        return TcpReader(d, timeout, security=security)
     return FileReader(d, timeout, verify=verify)
 
 

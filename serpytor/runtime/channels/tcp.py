@@ -55,6 +55,7 @@ from .base import DEFAULT_TIMEOUT, ChannelReader, ChannelWriter, Deadline
 from .descriptor import ChannelDescriptor, channel_key
 from .errors import (ChannelBrokenError, ChannelCorruptError, ChannelDescriptorError,
                      ChannelError, ChannelNotFoundError, ChannelTimeoutError, EndOfChannel)
+from ..security import HANDSHAKE_FAILED_EVENTS, SecurityConfig, secure_client, secure_server
 from .framing import (END_RECORD, ENTRY, FRAME_MAGIC, FRAME_VERSION, PRELUDE,
                       FrameError, aligned_buffer, align, decode_frame_head, layout_frame)
 
@@ -214,13 +215,15 @@ class TcpWriter(ChannelWriter):
     """Binds a ROUTER and streams frames to ``descriptor.readers`` readers."""
 
     def __init__(self, descriptor: ChannelDescriptor, *, bind: str = "tcp://127.0.0.1:*",
-                 advertise: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> None:
+                 advertise: str | None = None, timeout: float = DEFAULT_TIMEOUT,
+                 security: SecurityConfig | None = None) -> None:
         super().__init__(descriptor)
         Deadline(timeout)
         self.timeout = timeout
         sock = _context().socket(zmq.ROUTER)
         _configure(sock)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        secure_server(sock, security)  # with keys: only authorized readers connect
         self._state = _RouterState(sock)
         self._on_collect(self._state.close)
         try:
@@ -467,7 +470,7 @@ class TcpReader(ChannelReader):
     """Connects a DEALER to the producer's endpoint and receives frames."""
 
     def __init__(self, descriptor: ChannelDescriptor, timeout: float = DEFAULT_TIMEOUT,
-                 window: int = DEFAULT_WINDOW) -> None:
+                 window: int = DEFAULT_WINDOW, security: SecurityConfig | None = None) -> None:
         super().__init__(descriptor, timeout)
         if not descriptor.location.startswith(("tcp://", "ipc://", "inproc://")):
             raise ChannelDescriptorError(f"{descriptor.location!r} is not a ZeroMQ endpoint",
@@ -491,7 +494,10 @@ class TcpReader(ChannelReader):
         self._state = _DealerState(sock)
         self._on_collect(self._state.close)
         self._state.monitor = sock.get_monitor_socket(
-            zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED)
+            zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
+            | HANDSHAKE_FAILED_EVENTS)
+        # with keys, the producer is trusted (it proved it holds the cluster's server key)
+        secure_client(sock, security)
         sock.rcvtimeo = int(RECV_SLICE * 1000)
         try:
             self._handshake(Deadline(timeout))
@@ -577,6 +583,9 @@ class TcpReader(ChannelReader):
         elif event == zmq.EVENT_CONNECT_RETRIED and not self._connected:
             raise self._error(ChannelNotFoundError, "nothing listens at the endpoint "
                                                     "(connection refused; producer gone?)")
+        elif event & HANDSHAKE_FAILED_EVENTS:
+            raise self._error(ChannelNotFoundError, "the producer refused the connection "
+                                                    "(CURVE handshake failed: wrong keys)")
         elif event == zmq.EVENT_DISCONNECTED:
             self._disconnected = True  # raised once the messages already received are read
 
