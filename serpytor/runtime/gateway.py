@@ -48,7 +48,8 @@ from .channels.descriptor import this_host
 from .context import ContextTracker
 from .durable import Durability
 from .invoke import refresh_modules
-from .links import DOWN, LOST, READY, Link, Timing, handshake, learn, open_link
+from .links import (DOWN, HEARTBEAT_SILENT, LOST, READY, Link, Timing, diagnose, handshake,
+                    learn, open_link)
 from .result import RunResult
 from .queues import QueueSilo, ReadyQueue
 from .schedule import build_schedule
@@ -544,45 +545,13 @@ class Gateway:
                 continue
             self._connection_changes(link, now)
             link.poll_heartbeat(self.ctx, now, self.timing.ping_interval)
-            verdict = self._diagnose(link, now)
-            if verdict is not None:
+            verdict = diagnose(link, now, self.timing)
+            if verdict == HEARTBEAT_SILENT:
+                self._note(link, "heartbeat", "heartbeat silent; the server still answers")
+            elif verdict is not None:
                 self._server_lost(link, *verdict)
             elif now - link.last_ping > self.timing.ping_interval:
                 link.ping(now)  # liveness, and which vertex it is running (stragglers)
-
-    def _diagnose(self, link: Link, now: float) -> tuple[str, str, int | None] | None:
-        """Why link's server is dead, ``(why, kind, exit status)``, or None (alive).
-
-        The paper's rule: heartbeat silent -> a system-level failure (the machine, or
-        the process group); heartbeat alive but the server dead, or silent while its
-        status goes stale -> an application-level one. Without a heartbeat to ask,
-        a connection down or a silence past their limits."""
-        t = self.timing
-        silent_for = now - link.last_heard
-        if link.refused_key:
-            return ("refused the connection (the CURVE handshake failed: wrong keys)",
-                    "system", None)
-        if link.heartbeat is None or link.beat_since is None:
-            if link.state == DOWN and now - link.down_since > t.reconnect_grace:
-                return f"was unreachable for {now - link.down_since:.0f} s", "system", None
-            if link.in_flight and silent_for > t.silence:
-                return f"has not answered for {silent_for:.0f} s", "system", None
-            return None
-        if link.heartbeat_silent(now, t.dead_after):
-            if link.state == DOWN or silent_for > t.dead_after:
-                return (f"and its heartbeat are silent ({silent_for:.0f} s)", "system", None)
-            self._note(link, "heartbeat", "heartbeat silent; the server still answers")
-            return None
-        server = link.beat_server()
-        if server.get("alive") is False:
-            status = server.get("exit")
-            if not isinstance(status, int):
-                return "died (its heartbeat says so)", "application", None
-            return f"exited with status {status}", "application", status
-        if silent_for > t.dead_after and float(server.get("status_age") or 0) > t.dead_after:
-            return (f"is hung (its heartbeat answers, the server has been silent for "
-                    f"{silent_for:.0f} s)", "application", None)
-        return None
 
     def _note(self, link: Link, key: str, what: str) -> None:
         """Report a condition of a server once (in the run's server events)."""

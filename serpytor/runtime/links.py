@@ -214,3 +214,40 @@ def handshake(links: list[Link], timeout: float) -> list[Link]:
                     learn(link, message)
                     waiting.pop(link.index, None)
     return failed + list(waiting.values())
+
+
+HEARTBEAT_SILENT = ("heartbeat silent", "warning", None)  # the server itself answers
+
+
+def diagnose(link: Link, now: float, t: Timing) -> tuple[str, str, int | None] | None:
+    """Why link's server is dead, ``(why, kind, exit status)``; None when it is alive;
+    :data:`HEARTBEAT_SILENT` when only its heartbeat is.
+
+    The paper's rule: heartbeat silent -> a system-level failure (the machine, or the
+    process group); heartbeat alive but the server dead, or silent while its status
+    goes stale -> an application-level one. Without a heartbeat to ask, a connection
+    down or a silence past their limits."""
+    silent_for = now - link.last_heard
+    if link.refused_key:
+        return ("refused the connection (the CURVE handshake failed: wrong keys)",
+                "system", None)
+    if link.heartbeat is None or link.beat_since is None:
+        if link.state == DOWN and now - link.down_since > t.reconnect_grace:
+            return f"was unreachable for {now - link.down_since:.0f} s", "system", None
+        if link.in_flight and silent_for > t.silence:
+            return f"has not answered for {silent_for:.0f} s", "system", None
+        return None
+    if link.heartbeat_silent(now, t.dead_after):
+        if link.state == DOWN or silent_for > t.dead_after:
+            return f"and its heartbeat are silent ({silent_for:.0f} s)", "system", None
+        return HEARTBEAT_SILENT
+    server = link.beat_server()
+    if server.get("alive") is False:
+        status = server.get("exit")
+        if not isinstance(status, int):
+            return "died (its heartbeat says so)", "application", None
+        return f"exited with status {status}", "application", status
+    if silent_for > t.dead_after and float(server.get("status_age") or 0) > t.dead_after:
+        return (f"is hung (its heartbeat answers, the server has been silent for "
+                f"{silent_for:.0f} s)", "application", None)
+    return None

@@ -33,11 +33,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from ..compiler.kinds import ChannelKind
 from .channels import (ChannelError, ChannelReader, EndOfChannel, get_serializer,
@@ -52,6 +54,10 @@ SERIALIZER = get_serializer("pickle")
 SHM_MIN_BYTES = 64 * 1024        # below this, one more message beats mapping a segment
 STREAM_MIN_BYTES = 16 << 20      # above this, a chunked, flow-controlled tcp channel
 FETCH_TIMEOUT_S = 120.0
+HOLDER_GONE_S = 1.0       # a holder's connection down this long: it is gone
+REPLY_SLICE_MS = 50       # how often a waiting fetch looks at the holder's connection
+CONNECTION_EVENTS = (zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED
+                     | zmq.EVENT_HANDSHAKE_SUCCEEDED)
 STREAM_TIMEOUT_S = 120.0
 
 INLINE, SHM, STREAM, ERROR = "inline", "shm", "stream", "error"
@@ -299,6 +305,7 @@ class InputFetcher:
         # cluster's server key: only then is what it sends unpickled
         self.security = security
         self.sockets: dict[str, zmq.Socket] = {}
+        self.monitors: dict[str, zmq.Socket] = {}  # each socket's connection events
         self.name_of: Callable[[int], str] = str
 
     def fetch(self, job: str, wanted: dict[str, list[tuple[int, int]]],
@@ -329,17 +336,45 @@ class InputFetcher:
         if address not in self.sockets:
             sock = self.ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.RECONNECT_IVL, 100)
             secure_client(sock, self.security)
+            self.monitors[address] = sock.get_monitor_socket(CONNECTION_EVENTS)
             sock.connect(address)
             self.sockets[address] = sock
         return self.sockets[address]
 
+    def _forget(self, address: str) -> None:
+        """Close the socket to address (a late reply must not pair with the next get)."""
+        sock = self.sockets.pop(address)
+        monitor = self.monitors.pop(address)
+        try:
+            sock.disable_monitor()
+        except zmq.ZMQError:
+            pass
+        monitor.close(0)
+        sock.close(0)
+
+    def _await_reply(self, address: str, vertices: list[int]) -> None:
+        """Wait for the holder's reply; give up at once when the holder is gone (its
+        connection dropped or is refused for HOLDER_GONE_S), else after the timeout."""
+        sock, monitor = self.sockets[address], self.monitors[address]
+        deadline = time.monotonic() + self.timeout
+        down_since: float | None = None
+        while not sock.poll(REPLY_SLICE_MS):
+            now = time.monotonic()
+            down_since = _connection_state(monitor, down_since, now)
+            if down_since is not None and now - down_since > HOLDER_GONE_S:
+                self._forget(address)
+                raise FetchError(f"the server at {address} holding "
+                                 f"{self._names(vertices)} is gone", vertices)
+            if now > deadline:
+                self._forget(address)
+                raise FetchError(f"the server at {address} did not send "
+                                 f"{self._names(vertices)} within {self.timeout:g} s", vertices)
+
     def _receive(self, address: str, vertices: list[int], fetched: Fetched) -> None:
-        sock = self._socket(address)
-        if not sock.poll(self.timeout * 1000):
-            self.sockets.pop(address).close(0)  # a late reply must not pair with the next get
-            raise FetchError(f"the server at {address} did not send "
-                             f"{self._names(vertices)} within {self.timeout:g} s", vertices)
+        self._await_reply(address, vertices)
+        sock = self.sockets[address]
         try:
             message, frames = decode(sock.recv_multipart(copy=False))
         except ProtocolError as error:
@@ -406,9 +441,23 @@ class InputFetcher:
         return value
 
     def close(self) -> None:
-        for sock in self.sockets.values():
-            sock.close(0)
-        self.sockets.clear()
+        for address in list(self.sockets):
+            self._forget(address)
+
+
+def _connection_state(monitor: zmq.Socket, down_since: float | None,
+                      now: float) -> float | None:
+    """Since when the connection a monitor watches has been down (None: it is up)."""
+    while monitor.poll(0):
+        try:
+            event = recv_monitor_message(monitor)["event"]
+        except (zmq.ZMQError, KeyError, ValueError):
+            break
+        if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            down_since = None
+        elif down_since is None:  # disconnected, or a connect refused
+            down_since = now
+    return down_since
 
 
 def _expect_end(reader: ChannelReader) -> None:

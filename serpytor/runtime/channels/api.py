@@ -23,10 +23,15 @@ from .shm import ShmReader, ShmWriter
 from .tcp import TcpReader, TcpWriter
 
 
+# not "serpytor": a directory of that name in the temp directory would shadow the
+# package for a script run from there
+CHANNEL_DIR_NAME = "serpytor-channels"
+
+
 def default_directory(job: str) -> Path:
     """Where file channels go when no directory is given: ``$SERPYTOR_CHANNEL_DIR`` or
-    ``<tmp>/serpytor/<job>``."""
-    root = os.environ.get("SERPYTOR_CHANNEL_DIR") or Path(tempfile.gettempdir()) / "serpytor"
+    ``<tmp>/serpytor-channels/<job>``."""
+    root = os.environ.get("SERPYTOR_CHANNEL_DIR") or Path(tempfile.gettempdir()) / CHANNEL_DIR_NAME
     return Path(root) / (job_token(job) if job else "default")
 
 
