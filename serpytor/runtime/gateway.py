@@ -116,6 +116,7 @@ class Gateway:
         self.refused: dict[int, set[int]] = {}
         self.last_failed: dict[int, int] = {}
         self.copies: dict[int, set[int]] = {}
+        self.parked: dict[int, list[int]] = {}  # link -> consumers awaiting its verdict
         self.history: dict[int, list[str]] = {}  # what happened to each lost attempt
         self.stragglers = StragglerWatch([int(t["width"]) for t in plan.templates])
         self.revive = revive  # restarts a dead local server (the embedded default)
@@ -207,8 +208,9 @@ class Gateway:
         wanted = free + self.queue.wants - len(self.queue)
         if wanted > 0:
             self.queue.push(self._pop_vertices(wanted))
-        # unless a lost input sent them back to the engine meanwhile
-        vertices = self.queue.take(free, lambda v: self.engine.state_of(v) == _core.RUNNING)
+        # unless a lost input sent them back to the engine meanwhile, or they failed
+        vertices = self.queue.take(free, lambda v: self.engine.state_of(v) == _core.RUNNING
+                                   and v not in self.blocked)
         if not vertices:
             return False
         to_place, reused = [], []
@@ -433,11 +435,31 @@ class Gateway:
             return
         lost = [int(v) for v in message.get("lost_inputs") or ()]
         if lost:  # not the vertex's fault: the outputs it reads are gone
-            for parent in lost:
-                self._lost_output(parent)
-            self._lost_attempt(vertex, f"inputs lost ({message['message']})")
+            self._inputs_lost(vertex, lost, link, str(message["message"]))
             return
         self._vertex_failed(vertex, rebuild_error(self.plan, vertex, message), link)
+
+    def _inputs_lost(self, vertex: int, lost: list[int], link: Link, why: str) -> None:
+        """A consumer could not fetch some inputs. If their server's connection is down,
+        its fate is not known yet: the consumer waits (parked) for the verdict, which
+        handles what was on that server in order -- the vertex it was running first.
+        Otherwise the outputs are gone from a live server: their producers run again."""
+        holders = {int(self.holder[p]) for p in lost if 0 <= self.holder[p] < len(self.links)}
+        down = [h for h in holders if self.links[h].state == DOWN]
+        self._drop_copy(vertex, link.index)
+        if down:
+            self.parked.setdefault(down[0], []).append(vertex)
+            return
+        for parent in lost:
+            self._lost_output(parent)
+        self._lost_attempt(vertex, f"inputs lost ({why})", link)
+
+    def _unpark(self, link: Link) -> None:
+        """link's verdict is in: the consumers that waited for it go back to the queue
+        (unless a lost input sent them back to the engine meanwhile)."""
+        for vertex in self.parked.pop(link.index, []):
+            if self.engine.state_of(vertex) == _core.RUNNING and vertex not in self.blocked:
+                self.queue.push([vertex])
 
     def _vertex_failed(self, vertex: int, error: RemoteTaskError, link: Link | None) -> None:
         self.result.failed_attempts += 1
@@ -446,8 +468,11 @@ class Gateway:
         if not self.keep_going:
             raise error
         self.first_error = self.first_error or error
-        self.engine.fail(vertex, retry=False)
-        self.blocked |= {vertex} | self.schedule.descendants(vertex)
+        if self.engine.state_of(vertex) == _core.RUNNING:
+            self.engine.fail(vertex, retry=False)
+        # everything downstream will never run (the dispatcher skips blocked vertices)
+        self.blocked |= {v for v in {vertex} | self.schedule.descendants(vertex)
+                         if self.engine.state_of(v) != _core.DONE}
 
     def _on_refused(self, link: Link, message: dict) -> None:
         vertex, attempt = int(message["v"]), int(message["attempt"])
@@ -580,6 +605,7 @@ class Gateway:
             for vertex in list(link.in_flight):
                 del link.in_flight[vertex]
                 self._lost_attempt(vertex, "the connection dropped", link)
+            self._unpark(link)
         self._check_straggler(link, message.get("running"))
 
     def _check_straggler(self, link: Link, running: Any) -> None:
@@ -618,7 +644,7 @@ class Gateway:
         culprit = self._culprit(link, exit_status)
         if culprit is not None:
             link.in_flight.pop(culprit, None)
-            self._drop_copy(culprit, link.index)
+            self._cancel_copies(culprit)  # a copy elsewhere would kill that server too
             error = remote_task_error(ServerUnavailableError,
                                       f"server {link.label} {why} while running it",
                                       self.plan.vertex_name(culprit),
@@ -641,8 +667,10 @@ class Gateway:
         running = {"job": beat_running.get("job"), "v": beat_running.get("vertex"),
                    "attempt": beat_running.get("attempt")} \
             if isinstance(beat_running, dict) else link.running
+        # the vertex it said it ran, even if its attempt was sent back meanwhile (an
+        # input lost with this server can cancel it before the death is diagnosed)
         if running and running.get("job") == self.job and \
-                link.in_flight.get(int(running["v"])) == running.get("attempt"):
+                isinstance(running.get("v"), int) and 0 <= running["v"] < self.plan.n_vertices:
             return int(running["v"])
         if len(link.in_flight) == 1:  # a server runs one vertex at a time
             return next(iter(link.in_flight))
@@ -655,6 +683,9 @@ class Gateway:
         self.allocator.forget(link.index)
         for vertex in in_flight:
             self._lost_attempt(vertex, why, link)
+        for vertex in self.parked.get(link.index, []):  # their inputs run again, or are
+            self._ensure_inputs(vertex, rerun_of_done=False)  # in the store
+        self._unpark(link)
 
     def _revive(self, link: Link) -> None:
         """Restart a dead local server (the embedded default) at its address."""
