@@ -166,6 +166,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                       "vertex at a time (debugging)")
     mode.add_argument("--servers", metavar="ADDR,...", type=_address_list,
                       help="run on servers started with `serpytor server`")
+    mode.add_argument("--gateway", metavar="ADDR", type=_address,
+                      help="submit to a gateway started with `serpytor gateway`")
     parser.add_argument("--workers", metavar="N", type=_positive_int,
                         help="local servers to start (default: the core count)")
     parser.add_argument("--durable", action="store_true", help="fsync every output")
@@ -225,6 +227,14 @@ def _placement(text: str) -> str:
     return text
 
 
+def _address(text: str) -> str:
+    return _address_list(text)[0] if "," not in text else _too_many(text)
+
+
+def _too_many(text: str) -> str:
+    raise argparse.ArgumentTypeError(f"expected one address, got {text!r}")
+
+
 def _assignment(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key.isidentifier():
@@ -242,7 +252,7 @@ def run_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
                  servers=args.servers, journal=False if args.no_journal else args.journal,
                  fresh=args.fresh, durable=args.durable, overrides=dict(args.set),
                  keep_going=args.keep_going, progress=True, placement=args.placement,
-                 queues=args.queues, keys=args.keys)
+                 queues=args.queues, keys=args.keys, gateway=args.gateway)
     if args.output == "json":
         print(json.dumps({"outputs": {k: _jsonable(v) for k, v in result.outputs.items()},
                           "stats": result.stats}))
@@ -325,6 +335,83 @@ def server_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_gateway_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bind", metavar="ADDR", default="tcp://127.0.0.1:*",
+                        help="where clients submit jobs, e.g. tcp://0.0.0.0:5550")
+    parser.add_argument("--servers", metavar="ADDR,...", type=_address_list, required=True,
+                        help="the servers the gateway runs jobs on")
+    parser.add_argument("--state", metavar="DIR", default=".serpytor-gateway",
+                        help="where the gateway journals its jobs (and, by default, their "
+                        "vertices): a restarted gateway resumes them")
+    parser.add_argument("--journal", metavar="DIR", help="the jobs' journal (default "
+                        "STATE/journal)")
+    parser.add_argument("--keys", metavar="DIR", help="CURVE keys made by `serpytor keygen`")
+    parser.add_argument("--insecure", action="store_true", help="allow binding a public "
+                        "address without keys")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log and show tracebacks")
+
+
+def gateway_command(args: argparse.Namespace) -> int:
+    import logging
+    import signal
+    import threading
+
+    from .runtime.service import GatewayService
+
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    service = GatewayService(args.bind, args.servers, args.state, keys=args.keys,
+                             insecure=args.insecure, journal_dir=args.journal)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    print(f"serpytor gateway listening on {service.address}", flush=True)
+    service.serve(stop)
+    return 0
+
+
+def add_status_arguments(parser: argparse.ArgumentParser) -> None:
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--gateway", metavar="ADDR", type=_address, help="ask a gateway")
+    where.add_argument("--servers", metavar="ADDR,...", type=_address_list,
+                       help="ask servers directly")
+    parser.add_argument("--keys", metavar="DIR", help="CURVE keys made by `serpytor keygen`")
+    parser.add_argument("--output", choices=("text", "json"), default="text")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks")
+
+
+def status_command(args: argparse.Namespace) -> int:
+    from .runtime.monitor import ServerMonitor, status_table
+    from .runtime.security import load_security
+
+    security = load_security(args.keys)
+    if args.gateway:
+        from .runtime.remote import GatewayClient
+
+        with GatewayClient(args.gateway, security) as client:
+            report = client.ask({"type": "status"})
+        servers, jobs = report["servers"], report["jobs"]
+    else:
+        import zmq
+
+        monitor = ServerMonitor(zmq.Context.instance(), args.servers, security)
+        try:
+            monitor.settle(3.0)
+            servers, jobs = monitor.report(), []
+        finally:
+            monitor.close()
+    if args.output == "json":
+        print(json.dumps({"servers": servers, "jobs": jobs}))
+        return 0
+    print(status_table(servers))
+    for job in jobs:
+        print(f"job {job['job']} {job['pipeline']}: {job['state']} "
+              f"({job['done']}/{job['total']} vertices)")
+    print("failures: system = the heartbeat is silent too (machine or process group); "
+          "application = the heartbeat answers but the server died or hung")
+    return 0
+
+
 def keygen_command(args: argparse.Namespace) -> int:
     from .runtime.security import keygen
 
@@ -396,6 +483,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     heartbeat_parser = commands.add_parser("heartbeat", help="answer heartbeat requests "
                                            "with this machine's figures")
     add_heartbeat_arguments(heartbeat_parser)
+    gateway_parser = commands.add_parser("gateway", help="run a gateway service that "
+                                         "accepts jobs from `serpytor run --gateway`")
+    add_gateway_arguments(gateway_parser)
+    status_parser = commands.add_parser("status", help="servers and their heartbeats, "
+                                        "and a gateway's jobs")
+    add_status_arguments(status_parser)
     keygen_parser = commands.add_parser("keygen", help="make CURVE keys for servers and "
                                         "gateways")
     keygen_parser.add_argument("directory", metavar="DIR", help="where to write the keys")
@@ -409,6 +502,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "server": lambda: server_command(args),
         "heartbeat": lambda: heartbeat_command(args),
         "keygen": lambda: keygen_command(args),
+        "gateway": lambda: gateway_command(args),
+        "status": lambda: status_command(args),
     }
     return run_guarded(handlers[args.command], getattr(args, "verbose", False))
 

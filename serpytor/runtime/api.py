@@ -52,7 +52,8 @@ def run(pipeline: Plan | str | Path, *, inline: bool = False, workers: int | Non
         fresh: bool = False, durable: bool = False,
         overrides: Mapping[str, Any] | None = None, keep_going: bool = False,
         progress: bool = False, placement: str | None = None,
-        queues: str = "single", keys: str | Path | None = None) -> RunResult:
+        queues: str = "single", keys: str | Path | None = None,
+        gateway: str | None = None) -> RunResult:
     """Run a pipeline and return its :class:`RunResult`.
 
     ``inline=True`` runs in this process; otherwise the gateway runs here with
@@ -64,16 +65,29 @@ def run(pipeline: Plan | str | Path, *, inline: bool = False, workers: int | Non
     is the allocation policy (``locality``, ``least_loaded``, ``round_robin`` or
     ``MODULE:FUNCTION``; default: the pipeline's ``placement``, else ``locality``);
     ``queues``: ``single`` (one queue, by priority) or ``stage`` (one per stage,
-    served in turn); ``keys``: a directory of CURVE keys (``serpytor keygen``).
+    served in turn); ``keys``: a directory of CURVE keys (``serpytor keygen``);
+    ``gateway``: the address of a gateway service (``serpytor gateway``) to submit to
+    (the journal is then the gateway's: ``journal`` only turns it on or off).
     """
     plan = load_pipeline(pipeline)
-    if inline and servers:
-        raise RunConfigError("choose --inline or --servers, not both")
+    if sum(map(bool, (inline, servers, gateway))) > 1:
+        raise RunConfigError("choose one of --inline, --servers and --gateway")
     if queues not in QUEUE_KINDS:
         raise RunConfigError(f"unknown queues {queues!r}; expected one of "
                              f"{', '.join(QUEUE_KINDS)}")
-    durability = open_durability(plan, pipeline, journal, fresh, durable)
     bar = Progress(plan.n_vertices) if progress and Progress.wanted() else None
+    if gateway:
+        from .remote import run_on_gateway
+
+        options = {"overrides": dict(overrides or {}), "keep_going": keep_going,
+                   "fresh": fresh, "durable": durable, "journal": journal is not False,
+                   "placement": placement, "queues": queues}
+        try:
+            return run_on_gateway(plan, gateway, options, str(keys) if keys else None, bar)
+        finally:
+            if bar is not None:
+                bar.close()
+    durability = open_durability(plan, pipeline, journal, fresh, durable)
     try:
         if inline:
             return run_inline(plan, durability, overrides, keep_going, bar)

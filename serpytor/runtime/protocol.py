@@ -21,6 +21,7 @@ type                    fields
 ``data``                job, items: [{v, buffers}] (frames follow)
 ``ping`` / ``pong``     (liveness of the application port; a pong says what runs)
 ``error``               message (a reply to a message that could not be decoded)
+``submit`` ...          between a client and the gateway service: see service.py
 ======================  =================================================================
 """
 
@@ -44,6 +45,15 @@ REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
     "end": ("job",),
     "get": ("job", "vertices"),
     "data": ("job", "items"),
+    # a client and the gateway service (serpytor.runtime.service)
+    "submit": ("options",),
+    "accepted": ("job", "vertices"),
+    "poll": ("job",),
+    "job-state": ("job", "state"),
+    "collected": ("job",),
+    "ok": (),
+    "status": (),
+    "status-report": ("servers", "jobs"),
     "ping": (),
     "pong": (),
     "error": ("message",),

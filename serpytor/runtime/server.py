@@ -65,6 +65,7 @@ RESULT_FLUSH_S = 0.002
 STUCK_GRACE_S = 2.0  # after the interrupt, how long a vertex may take to notice it
 CONTROL_LIMIT = 1 << 30       # bytes: a job message carries its plan
 DATA_REQUEST_LIMIT = 1 << 20  # bytes: a get names vertices, nothing more
+JOB_IDLE_S = 900.0            # a job nothing was heard of this long is ended
 REPORT_PATIENCE_S = 10.0  # how long a restarted server waits for its gateway to return
 PENDING_REPORT = "SERPYTOR_PENDING_REPORT"  # carries that report across the re-exec
 
@@ -150,6 +151,8 @@ class Server:
         self.pending: tuple[bytes, list, float] | None = None  # a report from before a restart
         self.warned_peers: set[bytes] = set()
         self.cancelled: set[tuple[str, int]] = set()  # (job, vertex) not to start
+        self.job_seen: dict[str, float] = {}  # job -> when its gateway last spoke
+        self.last_sweep = time.monotonic()
         self._gateway_of: dict[str, bytes] = {}  # job -> identity of its gateway
         self.executor = threading.Thread(target=self._execute_loop, name="serpytor-executor",
                                          daemon=True)
@@ -196,6 +199,7 @@ class Server:
                     self._deliver_pending()
                 self._watch_timeout()
                 self.vitals.counts(self.stats.tasks, self.tasks.qsize(), len(self.table))
+                self._forget_abandoned_jobs()
         finally:
             self.close()
 
@@ -238,7 +242,10 @@ class Server:
 
     def _on_control(self, identity: bytes, message: dict, frames: list) -> None:
         kind = message["type"]
+        if "job" in message:
+            self.job_seen[str(message["job"])] = time.monotonic()
         if kind == "ping":
+            self._heard_from(identity)
             if self.pending is not None:
                 self._deliver_pending()  # the failure first: the pong says we restarted
             self._send(self.control, identity, encode(self._pong()))
@@ -340,6 +347,28 @@ class Server:
             raise ProtocolError(f"the data port takes only 'get', not {message['type']!r}")
         self._send(self.data, identity, self.holder.answer(message))
 
+    def _heard_from(self, identity: bytes) -> None:
+        """A gateway's ping keeps its jobs alive (a vertex may run for hours)."""
+        now = time.monotonic()
+        for job, gateway in self._gateway_of.items():
+            if gateway == identity and job in self.jobs:
+                self.job_seen[job] = now
+
+    def _forget_abandoned_jobs(self) -> None:
+        """A job whose gateway vanished without ending it (killed) would hold its
+        outputs forever: end it once nothing was heard of it for JOB_IDLE_S."""
+        now = time.monotonic()
+        if now - self.last_sweep < 10.0:
+            return
+        self.last_sweep = now
+        busy = self.running.job if self.running else None
+        for job in [j for j, seen in self.job_seen.items()
+                    if now - seen > JOB_IDLE_S and j != busy]:
+            log.warning("server %s ends job %s: nothing heard of it for %.0f s", self.name,
+                        job, now - self.job_seen[job])
+            self.job_seen.pop(job, None)
+            self._end_job(job)
+
     def _read_job_store(self, job: str, path: str, digest: str) -> Any:
         store = self.jobs[job].store
         if store is None:
@@ -348,6 +377,7 @@ class Server:
 
     def _end_job(self, job: str) -> None:
         ended = self.jobs.pop(job, None)
+        self.job_seen.pop(job, None)
         self.table.drop_job(job)
         self.cancelled = {(j, v) for j, v in self.cancelled if j != job}
         sweep_segments(job)
