@@ -3,8 +3,9 @@
 Policies (the paper's Gateway, Dryad's job manager):
 
 * ``locality`` (default): the server already holding most of the vertex's input
-  bytes, so large outputs do not move; among equals (and for vertices whose inputs
-  are small, below ``LOCALITY_MIN_BYTES``), the least loaded;
+  bytes, so large outputs do not move; for vertices whose inputs are all small (below
+  ``LOCALITY_MIN_BYTES``), the server holding most of them unless it is
+  ``AFFINITY_SLACK`` tasks busier than the least loaded;
 * ``least_loaded``: the server with the lowest load relative to its capacity;
 * ``round_robin``: servers in turn;
 * a function of the user's, ``choose(vertex: VertexInfo, servers: list[ServerInfo])``
@@ -36,7 +37,9 @@ from ..compiler.plan import Plan
 from ..errors import SerpytorError
 from .links import Link
 
-LOCALITY_MIN_BYTES = 64 * 1024  # smaller inputs move for free: place those by load
+LOCALITY_MIN_BYTES = 64 * 1024  # below: inputs are cheap to move; place mostly by load
+AFFINITY_SLACK = 8  # tasks a server may be busier than the idlest and still get a vertex
+                    # whose small inputs it holds
 POLICIES = ("locality", "least_loaded", "round_robin")
 
 
@@ -107,6 +110,8 @@ class Allocator:
         self.gang = plan.arrays["vertex_gang"]
         self.gang_link: dict[int, int] = {}   # gang -> link index it is anchored on
         self.turn = itertools.count()
+        self.pred_ptr: list[int] | None = None  # predecessor CSR as lists, when needed
+        self.pred_idx: list[int] = []
 
     @staticmethod
     def check_policy(policy: Policy) -> None:
@@ -186,9 +191,11 @@ class Allocator:
                 if index < len(position) and position[index] >= 0:
                     ev.append(i)
                     es.append(int(position[index]))
-        if not len(tv) and not ev:  # only load to weigh: no need for the scoring kernel
-            return _balanced(len(vertices), usable)
-        load = np.array([len(link.in_flight) for link in usable], np.float64)
+        if not len(tv) and not ev:  # small inputs only: no need for the scoring kernel
+            if self.policy == "locality":
+                return self._near_inputs(vertices, usable, holder)
+            return _balanced(len(vertices), usable, self.window)
+        load = np.array([link_load(link, self.window) for link in usable], np.float64)
         capacity = np.full(len(usable), float(self.window))
         locality, load_weight = _core.policy_weights(
             "locality" if self.policy == "locality" else "least_loaded")
@@ -240,10 +247,46 @@ class Allocator:
         self.gang_link = {g: l for g, l in self.gang_link.items() if l != link_index}
 
 
-def _balanced(count: int, usable: list[Link]) -> list[int]:
+    def _near_inputs(self, vertices: Sequence[int], usable: list[Link],
+                     holder: np.ndarray) -> list[int]:
+        """Vertices with small inputs: on the server holding most of them, while it is
+        at most AFFINITY_SLACK tasks busier than the least loaded one, else on that one.
+        Moving a small input costs both servers more CPU than a trivial vertex does, so
+        a little imbalance is the better deal; more, and the idle server should work."""
+        if self.pred_ptr is None:
+            self.pred_ptr = self.plan.arrays["pred_indptr"].tolist()
+            self.pred_idx = self.plan.arrays["pred_indices"].tolist()
+        load = {link.index: len(link.in_flight) for link in usable}
+        chosen = []
+        for vertex in vertices:
+            counts: dict[int, int] = {}
+            for i in range(self.pred_ptr[vertex], self.pred_ptr[vertex + 1]):
+                where = int(holder[self.pred_idx[i]])
+                if where in load:
+                    counts[where] = counts.get(where, 0) + 1
+            least = min(load, key=lambda index: (load[index], index))
+            near = max(counts, key=lambda index: (counts[index], -load[index])) \
+                if counts else least
+            pick = near if load[near] <= load[least] + AFFINITY_SLACK else least
+            load[pick] += 1
+            chosen.append(pick)
+        return chosen
+
+
+def link_load(link: Link, window: int) -> float:
+    """A server's load: its tasks in flight, plus, when its heartbeat reports the host's
+    CPU, a quarter window for a fully busy host (so a host busy with other work gets
+    less, and two idle servers on one host still share evenly)."""
+    cpu = (link.beat or {}).get("cpu")
+    total = cpu.get("total") if isinstance(cpu, dict) else None
+    busy = float(total) / 100.0 if isinstance(total, (int, float)) else 0.0
+    return len(link.in_flight) + busy * window / 4
+
+
+def _balanced(count: int, usable: list[Link], window: int) -> list[int]:
     """``count`` vertices spread over the usable links, each to the least loaded one
-    (in flight plus what this batch already gave it; ties to the lower index)."""
-    heap = [(len(link.in_flight), position) for position, link in enumerate(usable)]
+    (its load plus what this batch already gave it; ties to the lower index)."""
+    heap = [(link_load(link, window), position) for position, link in enumerate(usable)]
     heapq.heapify(heap)
     chosen = []
     for _ in range(count):

@@ -108,10 +108,15 @@ class Gateway:
         self.holder = np.full(n, -1, np.int32)
         self.size = np.zeros(n, np.int64)
         self.stored: dict[int, tuple[str, str]] = {}
-        self.attempt = np.zeros(n, np.int32)
-        self.consumers_left = np.diff(plan.arrays["succ_indptr"]).astype(np.int64)
-        self.released = np.zeros(n, bool)
-        self.hints = plan.arrays["edge_channel"][plan.arrays["pred_edges"]]
+        # per-vertex counters the hot paths touch one element at a time: plain lists
+        # (a numpy scalar update costs several times a list's)
+        self.attempt = [0] * n
+        self.consumers_left = np.diff(plan.arrays["succ_indptr"]).tolist()
+        self.released = [False] * n
+        self.pred_ptr = plan.arrays["pred_indptr"].tolist()
+        self.pred_idx = plan.arrays["pred_indices"].tolist()
+        self.pred_hint = plan.arrays["edge_channel"][plan.arrays["pred_edges"]].tolist()
+        self.template_of = plan.arrays["vertex_template"].tolist()
         self.sinks = set(plan.sinks().tolist())
         self.refused: dict[int, set[int]] = {}
         self.last_failed: dict[int, int] = {}
@@ -293,11 +298,9 @@ class Gateway:
 
     def _task(self, vertex: int, link: Link) -> dict:
         self.attempt[vertex] += 1
-        a = self.plan.arrays
-        start, stop = int(a["pred_indptr"][vertex]), int(a["pred_indptr"][vertex + 1])
         inputs = []
-        for parent, hint in zip(a["pred_indices"][start:stop].tolist(),
-                                self.hints[start:stop].tolist()):
+        for i in range(self.pred_ptr[vertex], self.pred_ptr[vertex + 1]):
+            parent, hint = self.pred_idx[i], self.pred_hint[i]
             source: dict[str, Any] = {"v": parent}
             holder = int(self.holder[parent])
             if holder < 0 or (hint == ChannelKind.FILE and parent in self.stored):
@@ -307,14 +310,14 @@ class Gateway:
             if hint:
                 source["ch"] = hint
             inputs.append(source)
-        task: dict[str, Any] = {"v": vertex, "attempt": int(self.attempt[vertex]),
+        task: dict[str, Any] = {"v": vertex, "attempt": self.attempt[vertex],
                                 "inputs": inputs}
         if self.tracker.published_reach(vertex):
             task["context"] = [[f.key, f.value, f.origin, f.nearest]
                                for f in self.tracker.facts_for(vertex)]
         if self.durability.enabled:
             task["key"] = self.durability.keys[vertex][0]
-        link.in_flight[vertex] = int(self.attempt[vertex])
+        link.in_flight[vertex] = self.attempt[vertex]
         self.copies.setdefault(vertex, set()).add(link.index)
         return task
 
@@ -401,9 +404,9 @@ class Gateway:
                 self.stored[vertex] = (str(r["file"]), str(r["digest"]))
             self.tracker.record_published(vertex, published)
             seconds = float(r["seconds"])
-            self.result.vertices.set(vertex, "executed", seconds, int(self.attempt[vertex]),
+            self.result.vertices.set(vertex, "executed", seconds, self.attempt[vertex],
                                      link.name)
-            self.stragglers.finished(int(self.plan.arrays["vertex_template"][vertex]), seconds)
+            self.stragglers.finished(self.template_of[vertex], seconds)
             if vertex in self.copies:
                 self.result.duplicates_won += 1
                 self._cancel_copies(vertex)
@@ -418,10 +421,12 @@ class Gateway:
         if self.progress is not None:
             self.progress.update(self.finished)
         releases: dict[int, list[int]] = {}
+        left, ptr, idx = self.consumers_left, self.pred_ptr, self.pred_idx
         for vertex in vertices:
-            for parent in self.plan.predecessors(vertex).tolist():
-                self.consumers_left[parent] -= 1
-                if self.consumers_left[parent] == 0 and parent not in self.sinks:
+            for i in range(ptr[vertex], ptr[vertex + 1]):
+                parent = idx[i]
+                left[parent] -= 1
+                if left[parent] == 0 and parent not in self.sinks:
                     self.released[parent] = True
                     holder = int(self.holder[parent])
                     if holder >= 0:
@@ -463,7 +468,7 @@ class Gateway:
 
     def _vertex_failed(self, vertex: int, error: RemoteTaskError, link: Link | None) -> None:
         self.result.failed_attempts += 1
-        self.result.vertices.set(vertex, "failed", 0.0, int(self.attempt[vertex]),
+        self.result.vertices.set(vertex, "failed", 0.0, self.attempt[vertex],
                                  link.name if link else None, str(error))
         if not self.keep_going:
             raise error

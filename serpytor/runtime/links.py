@@ -29,6 +29,7 @@ from .protocol import ProtocolError, decode, encode
 from .security import HANDSHAKE_FAILED_EVENTS, SecurityConfig, secure_client
 
 READY, DOWN, LOST = "ready", "down", "lost"
+ZERO_COPY_MIN = 64 * 1024  # pyzmq's rule: share buffers above this, copy below
 MONITORED = zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
 
 
@@ -82,8 +83,11 @@ class Link:
         return self.state == READY
 
     def send(self, message: dict, *frames: Any) -> None:
+        parts = encode(message, *frames)
+        # a plan travels without a copy; a small header is cheaper copied than shared
+        large = any(len(p) > ZERO_COPY_MIN for p in parts)
         try:
-            self.sock.send_multipart(encode(message, *frames), zmq.NOBLOCK, copy=False)
+            self.sock.send_multipart(parts, zmq.NOBLOCK, copy=not large)
         except zmq.ZMQError:
             pass  # queued or dropped; silence handling covers a server that is gone
 
