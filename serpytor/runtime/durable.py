@@ -37,8 +37,19 @@ class Durability:
         self.digests: dict[int, str] = {}
         self.keys: dict[int, tuple[str, dict[str, str]]] = {}
         self.key_maker = KeyMaker(plan)
+        self.names: dict[int, str] = {}  # vertex names asked for, each built once
+        self.pred_ptr: list[int] = []
+        self.pred_idx: list[int] = []
         if journal is not None and store is not None:
             journal.before_commit.append(store.commit)
+            self.pred_ptr = plan.arrays["pred_indptr"].tolist()
+            self.pred_idx = plan.arrays["pred_indices"].tolist()
+
+    def name(self, vertex: int) -> str:
+        name = self.names.get(vertex)
+        if name is None:
+            name = self.names[vertex] = self.plan.vertex_name(vertex)
+        return name
 
     @property
     def enabled(self) -> bool:
@@ -51,8 +62,10 @@ class Durability:
         if not self.enabled:
             return None
         plan = self.plan
-        inputs = [(plan.vertex_name(p), self.digests[p]) for p in plan.predecessors(vertex).tolist()]
-        parts = self.key_maker.parts(vertex, inputs, context_facts, context_key)
+        inputs = [(self.name(p), self.digests[p])
+                  for p in self.pred_idx[self.pred_ptr[vertex]:self.pred_ptr[vertex + 1]]]
+        parts = self.key_maker.parts(vertex, inputs, context_facts, context_key,
+                                     self.name(vertex))
         key = vertex_key(parts)
         self.keys[vertex] = (key, parts)
         if self.fresh or plan.flags(vertex) & VertexFlag.VOLATILE:
@@ -67,7 +80,7 @@ class Durability:
         if not self.enabled:
             return
         key, parts = self.keys[vertex]
-        name = self.plan.vertex_name(vertex)
+        name = self.name(vertex)
         stored = self.store.put(key, name, value)
         self.digests[vertex] = stored.digest
         self.journal.record(key, self.plan.pipeline, name, parts, stored.path, stored.digest,
@@ -80,8 +93,8 @@ class Durability:
             return
         key, parts = self.keys[vertex]
         self.digests[vertex] = digest
-        self.journal.record(key, self.plan.pipeline, self.plan.vertex_name(vertex), parts,
-                            path, digest, published, seconds)
+        self.journal.record(key, self.plan.pipeline, self.name(vertex), parts, path, digest,
+                            published, seconds)
 
     def load(self, value: Any) -> Any:
         if isinstance(value, StoredOutput):

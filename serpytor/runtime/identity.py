@@ -72,16 +72,17 @@ class KeyMaker:
         self.context_digests: dict[Any, str] = {}
 
     def parts(self, vertex: int, input_digests: list[tuple[str, str]],
-              context_facts: list[Any], context_key: Any = None) -> dict[str, str]:
+              context_facts: list[Any], context_key: Any = None,
+              name: str | None = None) -> dict[str, str]:
         """The key's parts; ``context_key`` (hashable) names a static context whose
         digest may be reused, None when published facts make it this vertex's own."""
         function, arguments = self._template_parts(vertex)
         return {"function": function, "arguments": arguments,
-                "inputs": digest(";".join(f"{name}={d}" for name, d in input_digests)),
+                "inputs": digest(";".join(f"{n}={d}" for n, d in input_digests)),
                 "context": self._context_digest(context_facts, context_key),
                 # a vertex's records are its own: two vertices computing the same thing
                 # from the same inputs still run (and are recorded) each
-                "vertex": self.plan.vertex_name(vertex)}
+                "vertex": name or self.plan.vertex_name(vertex)}
 
     def _template_parts(self, vertex: int) -> tuple[str, str]:
         index = int(self.plan.arrays["vertex_template"][vertex])
@@ -103,5 +104,8 @@ class KeyMaker:
         return value
 
 
+KEY_PARTS = ("arguments", "context", "function", "inputs", "vertex")  # sorted
+
+
 def vertex_key(parts: Mapping[str, str]) -> str:
-    return digest("|".join(f"{name}={parts[name]}" for name in sorted(parts)))
+    return digest("|".join([f"{name}={parts[name]}" for name in KEY_PARTS]))

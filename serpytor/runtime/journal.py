@@ -97,7 +97,7 @@ class Journal:
     def record(self, key: str, pipeline: str, vertex: str, parts: dict[str, str],
                output: str, output_digest: str, published: dict[str, Any],
                seconds: float) -> None:
-        self.pending[key] = (key, pipeline, vertex, json.dumps(parts), output, output_digest,
+        self.pending[key] = (key, pipeline, vertex, _parts_json(parts), output, output_digest,
                              json.dumps(published) if published else "{}", seconds,
                              time.time())
         if time.monotonic() - self.last_commit >= self.BATCH_SECONDS:
@@ -137,6 +137,14 @@ class Journal:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _parts_json(parts: dict[str, str]) -> str:
+    """``json.dumps(parts)``, the fast way when no value needs escaping (the parts are
+    digests and names, so almost always): this runs once per recorded vertex."""
+    if any('"' in v or "\\" in v or not v.isprintable() for v in parts.values()):
+        return json.dumps(parts)
+    return "{" + ", ".join(f'"{k}": "{v}"' for k, v in parts.items()) + "}"
 
 
 def _record(row: tuple) -> JournalRecord:

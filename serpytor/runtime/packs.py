@@ -1,24 +1,21 @@
-"""Packs: small stored outputs kept together in one SQLite file per writing process.
+"""Packs: small stored outputs appended to one file per writing process.
 
 Creating a file costs about as much as running a trivial vertex (a few hundred
-microseconds on many file systems), so a journal that stored every output as a file of
-its own would make durable execution several times slower than running without it.
-Outputs below ``PACK_LIMIT`` bytes therefore go into a *pack*: an SQLite database
-(WAL) that only the process that created it writes, so writers never wait for each
-other, while any process may read it. Larger outputs stay ``file`` channels.
+microseconds on many file systems), and so does committing a database transaction, so
+a journal that stored every output as a file (or a row) of its own would make durable
+execution several times slower than running without it. Outputs below ``PACK_LIMIT``
+bytes therefore go into a *pack*: a file that only the process that created it
+appends to (one ``write`` per output), so writers never wait for each other, while any
+process may read it. Larger outputs stay ``file`` channels.
 
-Schema::
-
-    outputs(id INTEGER PRIMARY KEY, key TEXT, data BLOB)   -- data: the item's frame
-
-``data`` is the item as a channel frame (:mod:`serpytor.runtime.channels.framing`:
-crc-checked head, 64-byte aligned buffers), so a damaged row is refused like a damaged
-file. A stored output in a pack is named ``outputs/packs/NAME.sqlite3#ID``.
-
-Rows are written inside a transaction that :meth:`OutputPack.commit` ends; a server
-commits before it reports the vertices done, and an inline run before its journal
-records them, so a journal record never points to a row that is not there. With
-``durable`` the pack is synchronous (fsync on commit).
+Each output is the item as a channel frame (:mod:`serpytor.runtime.channels.framing`:
+crc-checked head, 64-byte aligned buffers) at an offset of the pack, named
+``outputs/packs/NAME.pack#OFFSET+LENGTH``; the journal records that name and the
+frame's digest, which is checked before the output is reused. A frame is in the page
+cache once ``write`` returns, so it survives the process; a job that asks for
+durability (``--durable``) fsyncs the pack before the outputs are reported. A record is
+written to the journal only after its output, so a torn tail (a process killed while
+appending) is never pointed to.
 """
 
 from __future__ import annotations
@@ -26,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
-import sqlite3
 import threading
 from pathlib import Path
 from typing import Any
@@ -35,8 +31,7 @@ from .channels.framing import FrameError, decode_frame_head, decode_prelude, lay
 from .channels.serialize import byte_view
 
 PACK_LIMIT = 64 * 1024
-PACK_SCHEMA = "CREATE TABLE IF NOT EXISTS outputs (id INTEGER PRIMARY KEY, key TEXT NOT NULL, " \
-              "data BLOB NOT NULL)"
+SUFFIX = ".pack"
 SEPARATOR = "#"
 
 
@@ -75,8 +70,10 @@ class OutputPack:
     def __init__(self, directory: Path, durable: bool) -> None:
         self.directory = directory
         self.durable = durable
-        self.name = f"{os.getpid()}-{secrets.token_hex(4)}.sqlite3"
-        self._db: sqlite3.Connection | None = None
+        self.name = f"{os.getpid()}-{secrets.token_hex(4)}{SUFFIX}"
+        self._fd: int | None = None
+        self._size = 0
+        self._dirty = False
         self._lock = threading.Lock()
 
     @property
@@ -84,83 +81,76 @@ class OutputPack:
         return self.directory / self.name
 
     def put(self, key: str, data: bytes) -> str:
-        """Add one row (inside the open transaction); returns its name, ``NAME#ID``."""
+        """Append one output; returns its name, ``NAME#OFFSET+LENGTH``."""
         with self._lock:
-            db = self._open()
-            if not db.in_transaction:
-                db.execute("BEGIN")
-            row = db.execute("INSERT INTO outputs (key, data) VALUES (?, ?)", (key, data))
-            return f"{self.name}{SEPARATOR}{row.lastrowid}"
+            if self._fd is None:
+                self.directory.mkdir(parents=True, exist_ok=True)
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            view, offset = memoryview(data), self._size
+            while view.nbytes:
+                view = view[os.write(self._fd, view):]
+            self._size += len(data)
+            self._dirty = True
+            return f"{self.name}{SEPARATOR}{offset}+{len(data)}"
 
     def commit(self) -> None:
+        """Make what was put durable, when the job asked for it (otherwise written
+        data already outlives this process)."""
         with self._lock:
-            if self._db is not None and self._db.in_transaction:
-                self._db.execute("COMMIT")
-
-    def _open(self) -> sqlite3.Connection:
-        if self._db is None:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, isolation_level=None,
-                                       check_same_thread=False, timeout=30)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(f"PRAGMA synchronous={'FULL' if self.durable else 'NORMAL'}")
-            self._db.execute(PACK_SCHEMA)
-        return self._db
+            if self.durable and self._dirty and self._fd is not None:
+                os.fsync(self._fd)
+            self._dirty = False
 
     def close(self) -> None:
+        self.commit()
         with self._lock:
-            if self._db is not None:
-                if self._db.in_transaction:
-                    self._db.execute("COMMIT")
-                self._db.close()
-                self._db = None
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
 
 
 class PackReader:
-    """Reads rows of any pack in a directory (read-only connections, kept open)."""
+    """Reads outputs from any pack (descriptors kept open)."""
 
     def __init__(self) -> None:
-        self._open: dict[Path, sqlite3.Connection] = {}
+        self._open: dict[Path, int] = {}
         self._lock = threading.Lock()
 
-    def get(self, path: Path, row: int) -> bytes:
+    def get(self, path: Path, offset: int, length: int) -> bytes:
         with self._lock:
-            db = self._connection(path)
-            found = db.execute("SELECT data FROM outputs WHERE id = ?", (row,)).fetchone()
-        if found is None:
-            raise PackError(f"{path} holds no row {row}")
-        return found[0]
+            fd = self._descriptor(path)
+            data = os.pread(fd, length, offset)
+        if len(data) != length:
+            raise PackError(f"{path} ends before {offset}+{length} (truncated)")
+        return data
 
-    def exists(self, path: Path, row: int) -> bool:
+    def exists(self, path: Path, offset: int, length: int) -> bool:
         try:
-            self.get(path, row)
-        except (PackError, sqlite3.Error):
+            return os.stat(path).st_size >= offset + length
+        except OSError:
             return False
-        return True
 
-    def _connection(self, path: Path) -> sqlite3.Connection:
-        db = self._open.get(path)
-        if db is None:
-            if not path.is_file():
-                raise PackError(f"pack {path} is missing")
+    def _descriptor(self, path: Path) -> int:
+        fd = self._open.get(path)
+        if fd is None:
             try:
-                db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False,
-                                     timeout=30)
-            except sqlite3.Error as error:
-                raise PackError(f"pack {path} cannot be opened: {error}") from None
-            self._open[path] = db
-        return db
+                fd = os.open(path, os.O_RDONLY)
+            except OSError as error:
+                raise PackError(f"pack {path} cannot be opened: {error.strerror}") from None
+            self._open[path] = fd
+        return fd
 
     def close(self) -> None:
         with self._lock:
-            for db in self._open.values():
-                db.close()
+            for fd in self._open.values():
+                os.close(fd)
             self._open.clear()
 
 
-def split_name(relative: str) -> tuple[str, int] | None:
-    """``("outputs/packs/NAME.sqlite3", ID)`` for a packed output's name, else None."""
-    path, sep, row = relative.rpartition(SEPARATOR)
-    if not sep or not row.isdigit():
+def split_name(relative: str) -> tuple[str, int, int] | None:
+    """``("outputs/packs/NAME.pack", OFFSET, LENGTH)`` for a packed output, else None."""
+    path, sep, place = relative.rpartition(SEPARATOR)
+    offset, plus, length = place.partition("+")
+    if not sep or not plus or not offset.isdigit() or not length.isdigit():
         return None
-    return path, int(row)
+    return path, int(offset), int(length)

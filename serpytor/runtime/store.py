@@ -1,5 +1,5 @@
 """Where journaled outputs live: a ``file`` channel per recorded vertex output, or, for
-small outputs, a row of this process's pack (:mod:`serpytor.runtime.packs`).
+small outputs, a frame appended to this process's pack (:mod:`serpytor.runtime.packs`).
 
 An output is a file channel (see :mod:`serpytor.runtime.channels.file`): written under a
 temporary name and linked into place when complete, fsync'd (file and directory) when
@@ -17,7 +17,6 @@ output is reused.
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,9 +73,9 @@ class OutputStore:
             data = frame_bytes(header, buffers)
             try:
                 name = self.pack.put(key, data)
-            except sqlite3.Error as error:
+            except OSError as error:  # a full disk, a read-only store
                 raise OutputError(f"vertex {vertex}: cannot store its output in "
-                                  f"{self.pack.path}: {error}") from None
+                                  f"{self.pack.path}: {error.strerror}") from None
             return StoredFile(f"outputs/packs/{name}", digest_of(data), len(data))
         return self._put_file(key, vertex, header, buffers)
 
@@ -118,14 +117,14 @@ class OutputStore:
     def exists(self, relative: str) -> bool:
         packed = split_name(relative)
         if packed is not None:
-            return self.packs.exists(self.root.parent / packed[0], packed[1])
+            return self.packs.exists(self.root.parent / packed[0], *packed[1:])
         return (self.root.parent / relative).is_file()
 
     def get(self, relative: str, digest: str) -> Any:
         """The stored value, after checking its content against ``digest``."""
         packed = split_name(relative)
         if packed is not None:
-            return self._get_packed(self.root.parent / packed[0], packed[1], digest)
+            return self._get_packed(self.root.parent / packed[0], packed[1], packed[2], digest)
         path = self.root.parent / relative
         try:
             if content_digest(path) != digest:
@@ -139,14 +138,15 @@ class OutputStore:
             raise OutputError(f"stored output {path} cannot be read: {error.strerror}") from None
 
 
-    def _get_packed(self, path: Path, row: int, digest: str) -> Any:
+    def _get_packed(self, path: Path, offset: int, length: int, digest: str) -> Any:
+        where = f"{path}#{offset}+{length}"
         try:
-            data = self.packs.get(path, row)
+            data = self.packs.get(path, offset, length)
             if digest_of(data) != digest:
-                raise OutputError(f"stored output {path}#{row} is damaged (digest mismatch)")
+                raise OutputError(f"stored output {where} is damaged (digest mismatch)")
             return SERIALIZER.loads(*unframe(data))
-        except (PackError, sqlite3.Error, FrameError) as error:
-            raise OutputError(f"stored output {path}#{row} cannot be read: {error}") from None
+        except (PackError, FrameError) as error:
+            raise OutputError(f"stored output {where} cannot be read: {error}") from None
 
 
 def serialize(value: Any, vertex: str) -> tuple[bytes, list[Any]]:
