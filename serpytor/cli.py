@@ -302,15 +302,11 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def server_command(args: argparse.Namespace) -> int:
-    import logging
-    import signal
-    import threading
-
+    from .runtime.daemon import configure_logging, serve_until_signalled
     from .runtime.invoke import load_function
     from .runtime.server import Server, reexec_restart
 
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging(args.verbose)
     admission = None
     if args.admit:
         module, _, function = args.admit.partition(":")
@@ -327,12 +323,8 @@ def server_command(args: argparse.Namespace) -> int:
         raise  # keys that cannot be read, a public address without keys: said as is
     except Exception as error:  # zmq errors: address in use, bad address
         raise UserError(f"error: cannot bind {args.bind}: {error}") from None
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    print(f"serpytor server {server.name} listening on {server.address}", flush=True)
-    server.serve(stop)
-    return 0
+    return serve_until_signalled(f"serpytor server {server.name} listening on "
+                                 f"{server.address}", server.serve)
 
 
 def add_gateway_arguments(parser: argparse.ArgumentParser) -> None:
@@ -352,22 +344,14 @@ def add_gateway_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def gateway_command(args: argparse.Namespace) -> int:
-    import logging
-    import signal
-    import threading
-
+    from .runtime.daemon import configure_logging, serve_until_signalled
     from .runtime.service import GatewayService
 
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging(args.verbose)
     service = GatewayService(args.bind, args.servers, args.state, keys=args.keys,
                              insecure=args.insecure, journal_dir=args.journal)
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    print(f"serpytor gateway listening on {service.address}", flush=True)
-    service.serve(stop)
-    return 0
+    return serve_until_signalled(f"serpytor gateway listening on {service.address}",
+                                 service.serve)
 
 
 def add_status_arguments(parser: argparse.ArgumentParser) -> None:

@@ -70,3 +70,10 @@ def no_leaks():
             pass
     assert not leaked_children, f"test leaked child processes: {sorted(leaked_children)}"
     assert not leaked_segments, f"test leaked shared-memory segments: {sorted(leaked_segments)}"
+
+
+@pytest.fixture
+def in_checkout(monkeypatch):
+    """Run from the checkout's root: pipelines written to tmp_path use modules of
+    ``tests.*`` and ``examples.*``, which are found from there."""
+    monkeypatch.chdir(Path(__file__).resolve().parent.parent)

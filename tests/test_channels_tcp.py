@@ -20,8 +20,8 @@ from serpytor.runtime.channels.framing import (END_RECORD, FrameError, decode_fr
 from serpytor.runtime.channels.tcp import (CHUNK, PROTOCOL, SINGLE_FRAME_LIMIT, TcpReader,
                                            quick_frame_head, small_frame_message)
 
-from test_channels_helpers import (assert_same, consume, from_portable, kill, produce, recv,
-                                   sample_values, spawn_child, unique_job)
+from test_channels_helpers import (assert_same, consume, kill, produce, recv, sample_values,
+                                   spawn_child)
 
 
 def test_producer_and_consumer_in_separate_processes():

@@ -41,9 +41,7 @@ def keyed(keys):
         stop_all(servers)
 
 
-@pytest.fixture(autouse=True)
-def _in_checkout(monkeypatch):
-    monkeypatch.chdir(ROOT)
+pytestmark = pytest.mark.usefixtures("in_checkout")
 
 
 def pipeline(tmp_path, hint: str, size: int) -> str:

@@ -14,7 +14,7 @@ read-only view on a shared segment), ``tcp``, ``file`` or ``memory`` (same serve
 from __future__ import annotations
 
 import pytest
-from runtime_helpers import ROOT, log_lines, start_servers, stop_all, write_pipeline
+from runtime_helpers import log_lines, start_servers, stop_all, write_pipeline
 
 from serpytor.runtime.api import run
 from serpytor.runtime.transfer import SHM_MIN_BYTES, STREAM_MIN_BYTES
@@ -32,9 +32,7 @@ def pair():
         stop_all(servers)
 
 
-@pytest.fixture(autouse=True)
-def _in_checkout(monkeypatch):
-    monkeypatch.chdir(ROOT)  # the pipelines in tmp_path use tests.runtime_fixtures
+pytestmark = pytest.mark.usefixtures("in_checkout")
 
 
 def two_vertices(tmp_path, hint: str = "", size: int = ELEMENTS) -> str:

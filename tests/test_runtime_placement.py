@@ -5,7 +5,7 @@ named in the ``.spg`` (``placement ...``), or a user's function from the command
 from __future__ import annotations
 
 import pytest
-from runtime_helpers import ROOT, log_lines, start_servers, stop_all, write_pipeline
+from runtime_helpers import log_lines, start_servers, stop_all, write_pipeline
 
 import serpytor
 from serpytor.runtime.allocation import PlacementError
@@ -28,9 +28,7 @@ def pair():
         stop_all(servers)
 
 
-@pytest.fixture(autouse=True)
-def _in_checkout(monkeypatch):
-    monkeypatch.chdir(ROOT)
+pytestmark = pytest.mark.usefixtures("in_checkout")
 
 
 def wide(tmp_path, placement: str = "") -> tuple:

@@ -33,7 +33,6 @@ import json
 import logging
 import os
 import selectors
-import signal
 import socket
 import subprocess
 import sys
@@ -46,6 +45,7 @@ import psutil
 import zmq
 
 from ..errors import SerpytorError
+from .daemon import configure_logging, serve_until_signalled
 from .security import SecurityConfig, check_bind, load_security, secure_client, secure_server
 from .status import StatusBlock, status_path
 
@@ -634,26 +634,24 @@ def add_heartbeat_arguments(parser: argparse.ArgumentParser) -> None:
 
 def heartbeat_command(args: argparse.Namespace) -> int:
     """Run the heartbeat until SIGTERM/SIGINT or the end of the linger; 0."""
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging(args.verbose)
     watch = None
     if args.watch is not None:
         watch = ServerWatch(args.watch, args.status or status_path(args.watch), args.linger)
     server = HeartbeatServer(args.bind, name=args.name, watch=watch,
                              channel_dir=args.channel_dir,
                              security=load_security(args.keys), insecure=args.insecure)
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    try:
-        print(f"{READY_PREFIX}{server.name} listening on {server.address}", flush=True)
+    def serve(stop: threading.Event) -> None:
         _quiet_stdout()
         server.serve(stop)
+
+    try:
+        return serve_until_signalled(f"{READY_PREFIX}{server.name} listening on "
+                                     f"{server.address}", serve)
     finally:
         server.close()
         if watch is not None:
             watch.cleanup()
-    return 0
 
 
 def _quiet_stdout() -> None:
