@@ -1,7 +1,8 @@
 """The ``.spgc`` plan format (serpytor/compiler/plan.py, README "The plan format"):
 
-    b"SPGC"  u32 version (1)  u64 header length  UTF-8 JSON header  padding
-    numpy arrays, each at a 64-byte aligned offset; a BLAKE2b digest of the array bytes
+    b"SPGC"  u32 version (2)  u64 header length  UTF-8 JSON header  padding
+    numpy arrays, each at a 64-byte aligned offset; the header's last member is a
+    BLAKE2b digest of the rest of the header and the array bytes
 
 A saved plan loads back equal, without the source and without parsing; a damaged file
 is refused with PlanFormatError.
@@ -22,7 +23,7 @@ import pytest
 import serpytor
 from serpytor import PlanFormatError
 from serpytor.cli import compiler_main
-from serpytor.compiler.plan import ARRAY_NAMES, Plan
+from serpytor.compiler.plan import ARRAY_NAMES, FORMAT_VERSION, Plan, _signed_header
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.spg"))
@@ -140,9 +141,9 @@ def test_file_layout(saved):
     data = saved.read_bytes()
     assert data[:4] == b"SPGC"
     version, length, header, body = header_of(data)
-    assert version == 1
-    assert set(header) >= {"meta", "arrays", "digest"}
-    assert header["meta"]["format"] == 1
+    assert version == FORMAT_VERSION == 2
+    assert list(header) == ["meta", "arrays", "digest"]
+    assert header["meta"]["format"] == FORMAT_VERSION
     assert body % 64 == 0
     assert sorted(header["arrays"]) == sorted(ARRAY_NAMES)
     for name, spec in header["arrays"].items():
@@ -193,7 +194,7 @@ def test_wrong_magic_is_refused(saved):
     assert "not a SerPyTor plan" in str(error)
 
 
-@pytest.mark.parametrize("version", [0, 2, 2**32 - 1])
+@pytest.mark.parametrize("version", [0, 1, 3, 2**32 - 1])
 def test_wrong_version_is_refused(saved, version):
     data = saved.read_bytes()
     error = refuse(saved, data[:4] + struct.pack("<I", version) + data[8:])
@@ -221,12 +222,18 @@ def test_huge_header_length_is_refused(saved):
     refuse(saved, data[:8] + struct.pack("<Q", 2**63) + data[16:])
 
 
-def _with_header(data: bytes, change) -> bytes:
-    """The file with its JSON header edited by ``change`` (arrays and digest kept)."""
+def _with_header(data: bytes, change, sign: bool = True) -> bytes:
+    """The file with its JSON header edited by ``change``, its digest recomputed (so
+    that what is tested is the check of the header's structure) unless not ``sign``."""
     _, _, header, body = header_of(data)
+    digest = header.pop("digest")
     change(header)
     encoded = json.dumps(header, separators=(",", ":")).encode()
-    prefix = b"SPGC" + struct.pack("<IQ", 1, len(encoded)) + encoded
+    if sign:
+        encoded = _signed_header(encoded, [memoryview(data)[body:]])
+    else:
+        encoded = encoded[:-1] + f',"digest":"{digest}"}}'.encode()
+    prefix = b"SPGC" + struct.pack("<IQ", FORMAT_VERSION, len(encoded)) + encoded
     return prefix + b"\0" * (-len(prefix) % 64) + data[body:]
 
 
@@ -266,21 +273,36 @@ def test_header_that_does_not_describe_the_file_is_refused(saved):
     assert escaped == {}
 
 
-def test_any_flipped_byte_is_refused_or_harmless(saved):
-    """Flip every byte of a small plan file in turn: loading either refuses it with
-    PlanFormatError or gives a plan -- never another exception."""
+def test_an_edited_header_is_refused_by_its_digest(saved):
+    """A header edited without its digest (a renamed key a server would trip over
+    later) is refused at once."""
     data = saved.read_bytes()
+    renamed = _with_header(data, lambda h: h["meta"].update(edge_declz=h["meta"].pop(
+        "edge_decls")), sign=False)
+    assert "digest" in str(refuse(saved, renamed))
+    saved.write_bytes(_with_header(data, lambda h: None, sign=False))
+    assert "edge_decls" in Plan.load(saved).meta  # the helper itself keeps a good file good
+
+
+def test_any_flipped_byte_is_refused(saved):
+    """Flip every byte of a small plan file in turn (but the alignment padding after
+    the header, which carries nothing): loading refuses it with PlanFormatError --
+    never another exception, never a plan."""
+    data = saved.read_bytes()
+    _, length, _, body = header_of(data)
     unexpected = {}
-    for index in range(len(data)):
+    for index in [*range(16 + length), *range(body, len(data))]:
         damaged = bytearray(data)
         damaged[index] ^= 0x04
         try:
             serpytor.compiler.plan.decode_plan(bytes(damaged), "damaged.spgc")
         except PlanFormatError:
-            pass
+            continue
         except Exception as error:  # noqa: BLE001 - collecting what escapes
             unexpected.setdefault(type(error).__name__, index)
-    assert unexpected == {}, f"exception type -> first byte offset: {unexpected}"
+        else:
+            unexpected.setdefault("loaded", index)
+    assert unexpected == {}, f"outcome -> first byte offset: {unexpected}"
 
 
 # ---- the CLI writes plans ------------------------------------------------------------------

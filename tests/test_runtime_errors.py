@@ -200,6 +200,21 @@ def test_a_vertex_that_kills_its_local_server():
     assert "die" in message and "local-" in message
 
 
+def test_the_vertex_that_killed_a_server_beside_others_is_found():
+    """One local server gets 'die' and 'fine' together; when it exits nobody knows yet
+    which of them killed it, so each runs alone on the restarted server: 'die' is named,
+    'fine' finishes."""
+    from serpytor.runtime.api import run
+
+    started = time.monotonic()
+    result = run(fixture_pipeline("fail_die"), workers=1, journal=False, keep_going=True)
+    assert time.monotonic() - started < 20
+    assert result.error is not None and result.error.vertex == "die"
+    assert "local-0" in str(result.error)
+    assert result.outputs == {"fine": ["ok"]}
+    assert result.vertices["die"].status == "failed"
+
+
 def test_a_vertex_that_kills_a_remote_server(own_servers):
     """--servers: the gateway has no process handle; it must still notice the server is
     gone (its connection drops, heartbeats stop) and end the run within 10 s naming the

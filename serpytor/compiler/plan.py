@@ -35,8 +35,9 @@ File layout (all integers little-endian)::
     array bytes, each at a 64-byte aligned offset listed in the header
 
 The header holds ``meta`` (pipeline, templates, edge declarations, groups, facts,
-contexts, module paths) and ``arrays`` (``name -> {dtype, shape, offset}``), and a
-BLAKE2b ``digest`` of the array bytes, so a damaged file is refused.
+contexts, module paths) and ``arrays`` (``name -> {dtype, shape, offset}``), and, as its
+last member, a BLAKE2b ``digest`` of the header without it followed by the array bytes,
+so a file damaged anywhere is refused.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ from ..errors import PlanFormatError
 from .kinds import ChannelKind, EdgeKind, VertexFlag
 
 MAGIC = b"SPGC"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the digest covers the header too
 ALIGN = 64
 ARRAY_NAMES = (
     "vertex_template", "vertex_partition", "vertex_group", "vertex_gang", "vertex_flags",
@@ -212,19 +213,16 @@ class Plan:
 def plan_chunks(plan: Plan) -> Iterator[bytes | memoryview]:
     """The ``.spgc`` file as a sequence of chunks; arrays are views, not copies."""
     table, body, offset = {}, [], 0
-    digest = hashlib.blake2b(digest_size=16)
     for name in ARRAY_NAMES:
         array = np.ascontiguousarray(plan.arrays[name])
         padding = b"\0" * (-offset % ALIGN)
         offset += len(padding)
         table[name] = {"dtype": array.dtype.str, "shape": list(array.shape), "offset": offset}
         view = memoryview(array).cast("B")
-        for chunk in (padding, view):
-            digest.update(chunk)
-            body.append(chunk)
+        body += (padding, view)
         offset += array.nbytes
-    header = json.dumps({"meta": plan.meta, "arrays": table, "digest": digest.hexdigest()},
-                        separators=(",", ":")).encode()
+    core = json.dumps({"meta": plan.meta, "arrays": table}, separators=(",", ":")).encode()
+    header = _signed_header(core, body)
     prefix = MAGIC + struct.pack("<IQ", FORMAT_VERSION, len(header)) + header
     yield prefix + b"\0" * (-len(prefix) % ALIGN)
     yield from body
@@ -242,16 +240,16 @@ def decode_plan(data: bytes, where: str = "<bytes>") -> Plan:
     if version != FORMAT_VERSION:
         raise PlanFormatError(f"{where}: plan format {version}; this SerPyTor reads "
                               f"format {FORMAT_VERSION}. Recompile the .spg with serpytorc")
-    try:
-        header = json.loads(data[16:16 + header_len])
-    except (UnicodeDecodeError, ValueError) as error:
-        raise PlanFormatError(f"{where}: damaged plan header ({error})") from None
+    raw = data[16:16 + header_len]
     start = 16 + header_len
     start += -start % ALIGN
     body = memoryview(data)[start:]
-    if not isinstance(header, dict) or \
-            hashlib.blake2b(body, digest_size=16).hexdigest() != header.get("digest"):
-        raise PlanFormatError(f"{where}: damaged plan (array digest mismatch); recompile it")
+    if len(data) < start or not _signature_matches(raw, body):
+        raise PlanFormatError(f"{where}: damaged plan (digest mismatch); recompile it")
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:
+        raise PlanFormatError(f"{where}: damaged plan header ({error})") from None
     try:
         arrays = {name: _array(body, header["arrays"][name]) for name in ARRAY_NAMES}
         meta = header["meta"]
@@ -261,6 +259,31 @@ def decode_plan(data: bytes, where: str = "<bytes>") -> Plan:
         raise PlanFormatError(f"{where}: damaged plan header ({type(error).__name__}: "
                               f"{error}); recompile it") from None
     return Plan(meta, arrays)
+
+
+_DIGEST_TAIL = re.compile(rb',"digest":"[0-9a-f]{32}"\}\Z')
+_TAIL_LEN = len(',"digest":"') + 32 + 2
+
+
+def _digest(core: bytes, body: Any) -> str:
+    """BLAKE2b of the header without its digest, then of the array bytes."""
+    digest = hashlib.blake2b(core, digest_size=16)
+    for chunk in body if isinstance(body, list) else (body,):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _signed_header(core: bytes, body: list) -> bytes:
+    """The header JSON object ``core`` with the digest of it and the arrays appended as
+    its last member, where :func:`_signature_matches` finds it without parsing."""
+    return core[:-1] + b',"digest":"' + _digest(core, body).encode() + b'"}'
+
+
+def _signature_matches(header: bytes, body: memoryview) -> bool:
+    if not _DIGEST_TAIL.search(header):
+        return False
+    core = header[:-_TAIL_LEN] + b"}"
+    return _digest(core, body) == header[-34:-2].decode()
 
 
 def _array(body: memoryview, spec: dict[str, Any]) -> np.ndarray:

@@ -63,6 +63,7 @@ POLL_MS = 20
 WATCH_S = 0.05  # how often server liveness is looked at (it costs a few calls a link)
 MAX_ATTEMPTS = 6  # Dryad: a vertex that fails this often fails the job
 MAX_REVIVALS = 3  # times the embedded default restarts one dead local server
+REVIVE_WAIT_S = 15.0  # how long a restarted local server has to rejoin
 EXTERNAL_KILLS = (-9, -15, -2)  # SIGKILL, SIGTERM, SIGINT: not the vertex's doing
 
 
@@ -120,12 +121,16 @@ class Gateway:
         self.sinks = set(plan.sinks().tolist())
         self.refused: dict[int, set[int]] = {}
         self.last_failed: dict[int, int] = {}
+        # vertices in flight when a server exited by itself and the one running was not
+        # known: each runs alone from then on
+        self.suspects: set[int] = set()
         self.copies: dict[int, set[int]] = {}
         self.parked: dict[int, list[int]] = {}  # link -> consumers awaiting its verdict
         self.history: dict[int, list[str]] = {}  # what happened to each lost attempt
         self.stragglers = StragglerWatch([int(t["width"]) for t in plan.templates])
         self.revive = revive  # restarts a dead local server (the embedded default)
         self.revivals = [0] * len(addresses)
+        self.revived_at: dict[int, float] = {}
         template_of = plan.arrays["vertex_template"]
         self.queue = QueueSilo(lambda v: int(template_of[v]), window) if queues == "stage" \
             else ReadyQueue()
@@ -226,10 +231,10 @@ class Gateway:
                 reused.append(vertex)
             else:
                 to_place.append(vertex)
-        self._send_batches(to_place)
+        sent = self._send_batches(to_place)
         if reused:
             self._completed(reused)
-        return True
+        return bool(sent or reused)
 
     def _pop_vertices(self, limit: int) -> list[int]:
         """Up to ``limit`` ready vertices; barriers are completed on the way."""
@@ -256,9 +261,12 @@ class Gateway:
         self.tracker.record_published(vertex, record.published)
         self.result.vertices.set(vertex, "reused", record.seconds)
 
-    def _send_batches(self, vertices: list[int]) -> None:
+    def _send_batches(self, vertices: list[int]) -> int:
+        """Send vertices to the servers placement chooses; the number sent."""
+        if self.suspects:
+            vertices = self._send_suspects(vertices)
         if not vertices:
-            return
+            return 0
         chosen = self.allocator.place(vertices, self.links, self.holder, self.size,
                                       self._avoid(vertices))
         batches: dict[int, list[dict]] = {}
@@ -270,6 +278,28 @@ class Gateway:
             batches.setdefault(index, []).append(self._task(vertex, link))
         for index, tasks in batches.items():
             self.links[index].send({"type": "tasks", "job": self.job, "tasks": tasks})
+        return sum(len(tasks) for tasks in batches.values())
+
+    def _send_suspects(self, vertices: list[int]) -> list[int]:
+        """Each suspect goes alone to an idle server (or waits for one); the rest is
+        returned for placement."""
+        rest, waiting = [], []
+        for vertex in vertices:
+            if vertex not in self.suspects:
+                rest.append(vertex)
+                continue
+            avoid = self._avoid([vertex]).get(vertex, set())
+            idle = [l for l in self.links if l.idle]
+            idle = [l for l in idle if l.index not in avoid] or idle
+            if not idle:
+                waiting.append(vertex)
+                continue
+            link = idle[0]
+            link.alone = vertex
+            link.send({"type": "tasks", "job": self.job, "tasks": [self._task(vertex, link)]})
+        if waiting:
+            self.queue.push(waiting)
+        return rest
 
     def _avoid(self, vertices: list[int]) -> dict[int, set[int]]:
         """Per vertex, the links placement should pass over (it falls back to them only
@@ -383,9 +413,15 @@ class Gateway:
     def _cancel_copies(self, vertex: int) -> None:
         """vertex finished: the duplicates still running elsewhere are not needed."""
         for index in list(self.copies.pop(vertex, ())):
-            link = self.links[index]
-            link.in_flight.pop(vertex, None)
-            link.send({"type": "cancel", "job": self.job, "vertices": [vertex]})
+            self._withdraw(self.links[index], [vertex])
+
+    def _withdraw(self, link: Link, vertices: list[int]) -> None:
+        """Take these attempts back from link (it skips them if not yet started; a
+        result that comes anyway is for an attempt no longer in flight)."""
+        pairs = [(v, link.in_flight.pop(v)) for v in vertices if v in link.in_flight]
+        if pairs:
+            link.send({"type": "cancel", "job": self.job, "vertices": [v for v, _ in pairs],
+                       "attempts": [a for _, a in pairs]})
 
     def _on_done(self, link: Link, message: dict) -> None:
         done = []
@@ -582,6 +618,7 @@ class Gateway:
                 self._server_lost(link, *verdict)
             elif now - link.last_ping > self.timing.ping_interval:
                 link.ping(now)  # liveness, and which vertex it is running (stragglers)
+        self._check_servers_left()
 
     def _note(self, link: Link, key: str, what: str) -> None:
         """Report a condition of a server once (in the run's server events)."""
@@ -619,7 +656,7 @@ class Gateway:
             return
         vertex, seconds = int(running["v"]), float(running["seconds"])
         if link.in_flight.get(vertex) != running.get("attempt") or \
-                len(self.copies.get(vertex, ())) > 1:
+                len(self.copies.get(vertex, ())) > 1 or vertex in self.suspects:
             return
         stage = int(self.plan.arrays["vertex_template"][vertex])
         if not self.stragglers.is_straggler(stage, seconds):
@@ -629,6 +666,20 @@ class Gateway:
             target = min(others, key=lambda l: len(l.in_flight))
             self.result.duplicates += 1
             target.send({"type": "tasks", "job": self.job, "tasks": [self._task(vertex, target)]})
+            self._move_queued(link, vertex)
+
+    def _move_queued(self, link: Link, running: int) -> None:
+        """The tasks queued on a straggler's server behind it go elsewhere: they would
+        wait for the slow vertex however fast its copy is."""
+        queued = [v for v in link.in_flight
+                  if v != running and len(self.copies.get(v, ())) == 1]  # no duplicate
+        if not queued:
+            return
+        self._withdraw(link, queued)
+        for vertex in queued:
+            self._drop_copy(vertex, link.index)
+            self.last_failed[vertex] = link.index  # placed elsewhere, if anywhere else
+        self.queue.push(queued)
 
     def _server_restarted(self, link: Link) -> None:
         """The server restarted itself (a vertex wedged it): it lost its jobs and its
@@ -647,6 +698,8 @@ class Gateway:
         self.result.server_events.append({"server": link.label, "event": "lost",
                                           "kind": kind, "why": why})
         culprit = self._culprit(link, exit_status)
+        if culprit is None and exit_status is not None and exit_status not in EXTERNAL_KILLS:
+            self.suspects.update(link.in_flight)
         if culprit is not None:
             link.in_flight.pop(culprit, None)
             self._cancel_copies(culprit)  # a copy elsewhere would kill that server too
@@ -655,14 +708,25 @@ class Gateway:
                                       self.plan.vertex_name(culprit),
                                       self.plan.vertex_template(culprit).get("line"), "")
             self._vertex_failed(culprit, error, link)
+        running = sorted(link.in_flight)[:10]
         self._recover(link, f"server {link.label} {why}")
         self._revive(link)
-        if not any(l.state != LOST for l in self.links):
-            running = ", ".join(self.plan.vertex_name(v) for v in sorted(link.in_flight)[:10])
-            raise ServerUnavailableError(
-                "every server is lost: " + "; ".join(f"{l.label} {l.why_lost}"
-                                                    for l in self.links)
-                + (f" (last running {running})" if running else ""))
+        self._check_servers_left(running)
+
+    def _check_servers_left(self, running: list[int] = ()) -> None:
+        """Fail the run when every server is lost and none is being restarted."""
+        if any(l.state != LOST for l in self.links) or any(map(self._reviving, self.links)):
+            return
+        names = ", ".join(self.plan.vertex_name(v) for v in running)
+        raise ServerUnavailableError(
+            "every server is lost: " + "; ".join(f"{l.label} {l.why_lost}" for l in self.links)
+            + (f" (last running {names})" if names else ""))
+
+    def _reviving(self, link: Link) -> bool:
+        """Was link's local server restarted moments ago, and may it still rejoin?"""
+        since = self.revived_at.get(link.index)
+        return since is not None and time.monotonic() - since < REVIVE_WAIT_S and \
+            link.process is not None and link.process.alive()
 
     def _culprit(self, link: Link, exit_status: int | None) -> int | None:
         """The vertex link's server was running when it exited by itself, if known."""
@@ -698,6 +762,7 @@ class Gateway:
                 self.revivals[link.index] >= MAX_REVIVALS:
             return
         self.revivals[link.index] += 1
+        self.revived_at[link.index] = time.monotonic()
         link.process = self.revive(link.index)
 
     def _try_rejoin(self, link: Link, now: float) -> None:
@@ -709,6 +774,7 @@ class Gateway:
     def _rejoin(self, link: Link) -> None:
         link.state, link.why_lost = READY, ""
         link.in_flight = {}
+        link.connection_events()  # what the monitor saw while it was lost is over
         self.result.server_events.append({"server": link.label, "event": "rejoined"})
         self._send_job(link)
 
@@ -746,6 +812,7 @@ def collect_outputs(ctx: zmq.Context, job: str, locations: dict[str, dict[str, A
     fetcher = InputFetcher(ctx, this_host(), TransferCounts(), security=security)
     try:
         fetched = fetcher.fetch(job, held, lambda v: names.get(v, str(v)), stored)
+        fetched.check()
         outputs.update(fetched.values)
     except FetchError as error:
         raise OutputUnavailableError(f"the result of {error}") from None

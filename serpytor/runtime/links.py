@@ -73,6 +73,7 @@ class Link:
     notes: set[str] = field(default_factory=set)  # conditions already reported once
     security: SecurityConfig | None = None
     refused_key: bool = False      # the CURVE handshake failed: our keys are not its
+    alone: int | None = None       # a suspect vertex running here with nothing beside it
 
     @property
     def label(self) -> str:
@@ -80,7 +81,12 @@ class Link:
 
     @property
     def usable(self) -> bool:
-        return self.state == READY
+        # a suspect runs alone, so that if the server dies again the culprit is known
+        return self.state == READY and (self.alone is None or self.alone not in self.in_flight)
+
+    @property
+    def idle(self) -> bool:
+        return self.usable and not self.in_flight
 
     def send(self, message: dict, *frames: Any) -> None:
         parts = encode(message, *frames)
@@ -128,6 +134,17 @@ class Link:
             self.beat_client.close()
 
     # ---- the heartbeat ---------------------------------------------------------------
+    def watch_heartbeat(self, address: str) -> None:
+        """Ask the heartbeat at address from now on: a server that came back at its
+        address has a new heartbeat, and what the old one said is about the old one."""
+        if address == self.heartbeat:
+            return
+        if self.beat_client is not None:
+            self.beat_client.close()
+        self.heartbeat, self.beat_client = address, None
+        self.beat = self.beat_at = self.beat_since = None
+        self.beat_asked = 0.0
+
     def poll_heartbeat(self, ctx: zmq.Context, now: float, interval: float) -> None:
         """Take the heartbeat's answers that came, and ask again once an interval."""
         if self.heartbeat is None:
@@ -177,7 +194,7 @@ def learn(link: Link, pong: dict) -> bool:
     link.running = running if isinstance(running, dict) else None
     heartbeat = pong.get("heartbeat")
     if isinstance(heartbeat, str) and heartbeat.startswith("tcp://"):
-        link.heartbeat = reachable(heartbeat, link.address)
+        link.watch_heartbeat(reachable(heartbeat, link.address))
     incarnation = str(pong.get("incarnation", ""))
     restarted = bool(link.incarnation) and incarnation != link.incarnation
     link.incarnation = incarnation

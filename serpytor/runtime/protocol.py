@@ -15,7 +15,7 @@ type                    fields
 ``failed``              job, v, attempt, error_type, message, traceback
 ``refused``             job, v, attempt, reason
 ``release``             job, vertices: [v, ...]  (outputs no longer needed)
-``cancel``              job, vertices: [v, ...]  (drop these tasks if not yet started)
+``cancel``              job, vertices, attempts  (drop these attempts if not yet started)
 ``end``                 job
 ``get``                 job, vertices: [v, ...]  (data plane: fetch outputs)
 ``data``                job, items: [{v, buffers}] (frames follow)
@@ -33,6 +33,7 @@ from typing import Any
 from ..errors import SerpytorError
 
 MAX_HEADER_BYTES = 16 * 1024 * 1024  # a header is metadata; larger means garbage or abuse
+MAX_JOB_ID = 200
 
 REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
     "job": ("job",),
@@ -41,7 +42,7 @@ REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
     "failed": ("job", "v", "attempt", "error_type", "message"),
     "refused": ("job", "v", "attempt", "reason"),
     "release": ("job", "vertices"),
-    "cancel": ("job", "vertices"),
+    "cancel": ("job", "vertices", "attempts"),
     "end": ("job",),
     "get": ("job", "vertices"),
     "data": ("job", "items"),
@@ -81,12 +82,32 @@ def decode(frames: list[bytes] | list[Any]) -> tuple[dict[str, Any], list[Any]]:
         message = json.loads(raw)
     except (UnicodeDecodeError, ValueError) as error:
         raise ProtocolError(f"header is not JSON: {error}") from None
+    except RecursionError:
+        raise ProtocolError("header is JSON nested too deeply") from None
     if not isinstance(message, dict):
         raise ProtocolError("header is not a JSON object")
     kind = message.get("type")
-    if kind not in REQUIRED_FIELDS:
-        raise ProtocolError(f"unknown message type {kind!r}")
+    if not isinstance(kind, str) or kind not in REQUIRED_FIELDS:
+        raise ProtocolError(f"unknown message type {_shown(kind)}")
     missing = [f for f in REQUIRED_FIELDS[kind] if f not in message]
     if missing:
         raise ProtocolError(f"{kind} message lacks {', '.join(missing)}")
+    if "job" in message:
+        _check_job_id(kind, message["job"])
     return message, list(frames[1:])
+
+
+def _check_job_id(kind: str, job: Any) -> None:
+    """A job id names directories, segments and journal rows: a short, encodable str."""
+    if not isinstance(job, str) or not 0 < len(job) <= MAX_JOB_ID:
+        raise ProtocolError(f"{kind} message: job must be a string of 1 to {MAX_JOB_ID} "
+                            f"characters, not {_shown(job)}")
+    try:
+        job.encode()
+    except UnicodeEncodeError:
+        raise ProtocolError(f"{kind} message: job {job!r} is not valid Unicode") from None
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -153,7 +153,7 @@ class Server:
         self.vertex_region = Interruptible()  # where the watchdog may interrupt a vertex
         self.pending: tuple[bytes, list, float] | None = None  # a report from before a restart
         self.warned_peers: set[bytes] = set()
-        self.cancelled: set[tuple[str, int]] = set()  # (job, vertex) not to start
+        self.cancelled: set[tuple[str, int, int]] = set()  # (job, vertex, attempt) not to start
         self.job_seen: dict[str, float] = {}  # job -> when its gateway last spoke
         self.plans: dict[bytes, Plan] = {}  # digest of a plan's bytes -> the plan
         self.last_sweep = time.monotonic()
@@ -260,9 +260,9 @@ class Server:
         elif kind == "release":
             self.table.release(str(message["job"]), vertex_list(message["vertices"]))
         elif kind == "cancel":
-            # a duplicate finished first elsewhere: skip these if they have not started
-            self.cancelled.update((str(message["job"]), v)
-                                  for v in vertex_list(message["vertices"]))
+            # a duplicate finished first elsewhere, or the task moved to another server:
+            # skip these attempts if they have not started
+            self.cancelled.update(cancelled_attempts(message))
         elif kind == "end":
             self._end_job(str(message["job"]))
         else:
@@ -406,7 +406,7 @@ class Server:
         ended = self.jobs.pop(job, None)
         self.job_seen.pop(job, None)
         self.table.drop_job(job)
-        self.cancelled = {(j, v) for j, v in self.cancelled if j != job}
+        self.cancelled = {c for c in self.cancelled if c[0] != job}
         sweep_segments(job)
         if ended is None:
             return
@@ -502,13 +502,9 @@ class Server:
         job = self.jobs.get(job_id)
         if job is None:
             return  # the job ended while its tasks were queued
-        try:
-            fetched = fetcher.fetch(job_id, self._remote_inputs(job_id, tasks),
-                                    job.plan.vertex_name)
-        except FetchError as error:
-            for task in tasks:
-                self._fail(identity, job_id, task, error, "")
-            return
+        # an input that could not be fetched fails the tasks that read it, only them
+        fetched = fetcher.fetch(job_id, self._remote_inputs(job_id, tasks),
+                                job.plan.vertex_name)
         try:
             self._run_batch(identity, job_id, job, tasks, fetched)
         finally:
@@ -529,8 +525,8 @@ class Server:
         for task in tasks:
             if job_id not in self.jobs:
                 return  # ended meanwhile
-            if (job_id, task.vertex) in self.cancelled:
-                self.cancelled.discard((job_id, task.vertex))
+            if (job_id, task.vertex, task.attempt) in self.cancelled:
+                self.cancelled.discard((job_id, task.vertex, task.attempt))
                 continue
             result = self._run_task(identity, job_id, job, task, fetched)
             if result is not None:
@@ -623,6 +619,8 @@ class Server:
     def _input(self, job: Job, job_id: str, source: Source, fetched: Fetched) -> Any:
         if source.vertex in fetched.values:
             return fetched.values[source.vertex]
+        if source.vertex in fetched.failed:
+            raise fetched.failed[source.vertex]
         if self.table.has(job_id, source.vertex):
             self.transfers.add("memory")
             return self.table.get(job_id, source.vertex)
@@ -656,6 +654,16 @@ class Server:
             inputs = {s.vertex for s in task.inputs}
             message["lost_inputs"] = sorted(inputs & set(error.lost))
         self._post(identity, encode(message))
+
+
+def cancelled_attempts(message: dict) -> list[tuple[str, int, int]]:
+    """(job, vertex, attempt) of a cancel message: ``vertices`` and, pairwise, their
+    ``attempts`` (a later attempt of the same vertex is not cancelled)."""
+    vertices = vertex_list(message["vertices"])
+    attempts = vertex_list(message.get("attempts"))
+    if len(attempts) != len(vertices):
+        raise ProtocolError("cancel message: attempts must pair with vertices")
+    return [(str(message["job"]), v, a) for v, a in zip(vertices, attempts)]
 
 
 def _file_producers(plan: Plan) -> np.ndarray | None:

@@ -22,12 +22,16 @@ queued, so a malformed batch is rejected whole and the server keeps serving.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from ..compiler.plan import Plan
 from .context import ContextFact
 from .protocol import ProtocolError
+
+MAX_ATTEMPT = 2**31 - 1  # attempts are counted in int32 (status blocks, results)
+ENDPOINT = re.compile(r"(tcp://[^\s:]+:\d{1,5}|ipc://\S+)\Z")
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,8 @@ def parse_task(task: Any, plan: Plan) -> Task:
     if not 0 <= vertex < plan.n_vertices:
         raise ProtocolError(f"task vertex {vertex} is not in the plan")
     attempt = _int(task.get("attempt", 1), "task field 'attempt'")
+    if not 0 <= attempt <= MAX_ATTEMPT:
+        raise ProtocolError(f"task field 'attempt' must be in 0..{MAX_ATTEMPT}, got {attempt}")
     inputs = task.get("inputs", [])
     if not isinstance(inputs, list):
         raise ProtocolError("task field 'inputs' must be a list")
@@ -83,6 +89,9 @@ def _source(source: Any, plan: Plan) -> Source:
     for name, text in texts.items():
         if text is not None and not isinstance(text, str):
             raise ProtocolError(f"input field {name!r} must be a string")
+    if texts["at"] is not None and not ENDPOINT.match(texts["at"]):
+        raise ProtocolError(f"input field 'at' must be a ZeroMQ tcp:// or ipc:// address, "
+                            f"got {texts['at'][:80]!r}")
     hint = _int(source.get("ch", 0), "input field 'ch'")
     if not 0 <= hint <= 3:
         raise ProtocolError(f"input field 'ch' must be a channel kind, got {hint}")

@@ -283,6 +283,12 @@ class Fetched:
 
     values: dict[int, Any] = field(default_factory=dict)
     readers: list[ChannelReader] = field(default_factory=list)
+    failed: dict[int, FetchError] = field(default_factory=dict)  # why a vertex is not here
+
+    def check(self) -> None:
+        """Raise the first failure (for callers that need every input)."""
+        if self.failed:
+            raise next(iter(self.failed.values()))
 
     def close(self) -> None:
         self.values.clear()  # views die first, so shm segments can go back to their pool
@@ -312,25 +318,51 @@ class InputFetcher:
               name_of: Callable[[int], str] = str,
               stored: dict[str, list[tuple[int, str, str]]] | None = None) -> Fetched:
         """Bring ``{holder address: [(vertex, hint), ...]}`` here, one request per holder;
-        ``stored``: ``{server address: [(vertex, path, digest)]}`` read by that server."""
+        ``stored``: ``{server address: [(vertex, path, digest)]}`` read by that server.
+        What one holder cannot give is in the result's ``failed``; the others' inputs
+        are fetched all the same."""
         self.name_of = name_of
         stored = stored or {}
-        addresses = list(dict.fromkeys([*wanted, *stored]))
-        for address in addresses:
-            inputs = wanted.get(address, [])
-            self._socket(address).send_multipart(encode({
-                "type": "get", "job": job, "host": self.host,
-                "vertices": [v for v, _ in inputs], "hints": [h for _, h in inputs],
-                "stored": [list(item) for item in stored.get(address, [])]}))
         fetched = Fetched()
+        asked = {}
+        for address in dict.fromkeys([*wanted, *stored]):
+            vertices = [v for v, _ in wanted.get(address, [])] + \
+                [v for v, _, _ in stored.get(address, [])]
+            try:
+                self._ask(job, address, wanted.get(address, []), stored.get(address, []))
+                asked[address] = vertices
+            except FetchError as error:
+                fetched.failed.update(dict.fromkeys(vertices, error))
+        pending = list(asked)
         try:
-            for address in addresses:
-                self._receive(address, [v for v, _ in wanted.get(address, [])] +
-                              [v for v, _, _ in stored.get(address, [])], fetched)
+            while pending:
+                address = pending[0]
+                try:
+                    self._receive(address, asked[address], fetched)
+                except FetchError as error:
+                    fetched.failed.update({v: error for v in asked[address]
+                                           if v not in fetched.values})
+                pending.pop(0)
         except BaseException:
+            for address in pending:  # unread replies must not pair with the next get
+                if address in self.sockets:
+                    self._forget(address)
             fetched.close()
             raise
         return fetched
+
+    def _ask(self, job: str, address: str, inputs: list[tuple[int, int]],
+             stored: list[tuple[int, str, str]]) -> None:
+        try:
+            sock = self._socket(address)
+        except zmq.ZMQError as error:
+            vertices = [v for v, _ in inputs] + [v for v, _, _ in stored]
+            raise FetchError(f"cannot reach the server at {address} holding "
+                             f"{self._names(vertices)}: {error}", vertices) from None
+        sock.send_multipart(encode({
+            "type": "get", "job": job, "host": self.host,
+            "vertices": [v for v, _ in inputs], "hints": [h for _, h in inputs],
+            "stored": [list(item) for item in stored]}))
 
     def _socket(self, address: str) -> zmq.Socket:
         if address not in self.sockets:
@@ -338,8 +370,15 @@ class InputFetcher:
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.RECONNECT_IVL, 100)
             secure_client(sock, self.security)
-            self.monitors[address] = sock.get_monitor_socket(CONNECTION_EVENTS)
-            sock.connect(address)
+            monitor = sock.get_monitor_socket(CONNECTION_EVENTS)
+            try:
+                sock.connect(address)
+            except zmq.ZMQError:
+                sock.disable_monitor()
+                monitor.close(0)
+                sock.close(0)
+                raise
+            self.monitors[address] = monitor
             self.sockets[address] = sock
         return self.sockets[address]
 

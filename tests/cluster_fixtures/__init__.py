@@ -1,0 +1,1 @@
+"""Fixture modules and pipelines of tests/test_cluster_faults.py."""
