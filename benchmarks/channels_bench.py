@@ -24,10 +24,8 @@ import argparse
 import json
 import multiprocessing
 import os
-import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +36,8 @@ import numpy as np
 import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.machine import machine  # noqa: E402
 
 from serpytor.runtime.channels import (close_pools, open_reader, open_writer,  # noqa: E402
                                        read_value, sweep_segments, write_value)
@@ -328,19 +328,6 @@ def _ratio(nbytes: int, ours: list[float], raw: list[float]) -> dict[str, Any]:
             "rounds": len(ours)}
 
 
-def machine() -> dict[str, Any]:
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        lscpu = ""
-    wanted = ("Architecture", "CPU(s)", "Model name", "Thread(s) per core", "L3 cache")
-    cpu = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in lscpu.splitlines())
-           if k.strip() in wanted}
-    return {"python": platform.python_version(), "platform": platform.platform(),
-            "numpy": np.__version__, "pyzmq": zmq.__version__, "libzmq": zmq.zmq_version(),
-            "cpu": cpu, "load_average_at_start": list(os.getloadavg())}
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds (< 60 s)")
@@ -349,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     # a quick tcp round lasts tens of ms, so one scheduling hiccup on a shared machine
     # moves it by 20%: with 3 rounds, raw pyzmq against itself reads below 0.8 now and then
     tcp_rounds = 5 if args.quick else 7
-    report: dict[str, Any] = {"quick": args.quick, "machine": machine()}
+    report: dict[str, Any] = {"quick": args.quick, "machine": machine('zmq')}
     consumer = Consumer()
     started = time.monotonic()
     try:

@@ -58,7 +58,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -72,6 +71,7 @@ if (REPO / "serpytor" / "__init__.py").is_file() and str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # benchmark the tree this file lives in
 
 import serpytor  # noqa: E402
+from benchmarks.machine import machine  # noqa: E402
 
 STAGES, WIDTH, ALL_TO_ALL_EVERY = 100, 100, 10
 BIG_WIDTH = 1000
@@ -254,6 +254,11 @@ CHILD = textwrap.dedent('''\
         except OSError:
             return None
 
+    def ru_maxrss_mb():
+        # NOTE: after fork+exec ru_maxrss can carry the parent's RSS; VmHWM cannot
+        raw = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return raw / 2**20 if sys.platform == "darwin" else raw / 1024.0
+
     def reset_peak():
         """Reset VmHWM to the current RSS (Linux >= 4.0); False if not allowed."""
         try:
@@ -262,11 +267,6 @@ CHILD = textwrap.dedent('''\
             return True
         except OSError:
             return False
-
-    def ru_maxrss_mb():
-        # NOTE: after fork+exec ru_maxrss can carry the parent's RSS; VmHWM cannot
-        raw = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return raw / 2**20 if sys.platform == "darwin" else raw / 1024.0
 
     spg, out = sys.argv[1], sys.argv[2]
     text = open(spg, encoding="utf-8").read()
@@ -369,32 +369,6 @@ def profile(workdir: Path, top: int) -> None:
 
 
 # ---- machine ----------------------------------------------------------------------------
-def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    import lark
-    import numpy
-    info = {"cpu": cpu, "cores": os.cpu_count(), "usable_cores": usable,
-            "python": platform.python_version(),
-            "implementation": platform.python_implementation(),
-            "platform": platform.platform(), "numpy": numpy.__version__,
-            "lark": lark.__version__, "serpytor": serpytor.__version__}
-    try:
-        import psutil
-        info["memory_gb"] = round(psutil.virtual_memory().total / 2**30, 1)
-    except ImportError:
-        pass
-    return info
 
 
 def kernels() -> dict:
@@ -423,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     out: dict[str, Any] = {"mode": "quick" if args.quick else "full",
                            "repeats_stage_form": repeats_a, "repeats_all_to_all": repeats_c,
                            "vertex_module": "importable (injection check runs)"}
-    info = machine()
+    info = machine('lark')
     core = kernels()
     missing = [name for name in ("propagate_origins", "resolve_nearest") if core[name] is None]
     if missing:

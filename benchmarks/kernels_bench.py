@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 import tracemalloc
@@ -35,6 +34,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import serpytor._core as core  # noqa: E402
+from benchmarks.machine import machine  # noqa: E402
 
 if core.compiled is None:
     sys.exit("kernels_bench: the compiled kernels are not built; run "
@@ -243,17 +243,6 @@ def bench_placement(rng, figures: dict, ref_vertices: int) -> None:
 
 
 # ---- main -------------------------------------------------------------------------------
-
-def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"python": platform.python_version(), "cpu": cpu, "cores": os.cpu_count()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -74,6 +74,9 @@ class Plan:
 
     meta: dict[str, Any]
     arrays: dict[str, np.ndarray] = field(repr=False)
+    # the encoded header, once made: a plan is sent to every server for every run, and
+    # the JSON of a large plan's metadata costs more than the run's first hundred tasks
+    header_json: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     # ---- size and names ---------------------------------------------------------------
     @property
@@ -221,7 +224,10 @@ def plan_chunks(plan: Plan) -> Iterator[bytes | memoryview]:
         view = memoryview(array).cast("B")
         body += (padding, view)
         offset += array.nbytes
-    core = json.dumps({"meta": plan.meta, "arrays": table}, separators=(",", ":")).encode()
+    if plan.header_json is None:
+        plan.header_json = json.dumps({"meta": plan.meta, "arrays": table},
+                                      separators=(",", ":")).encode()
+    core = plan.header_json
     header = _signed_header(core, body)
     prefix = MAGIC + struct.pack("<IQ", FORMAT_VERSION, len(header)) + header
     yield prefix + b"\0" * (-len(prefix) % ALIGN)

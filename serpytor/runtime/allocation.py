@@ -112,6 +112,14 @@ class Allocator:
         self.turn = itertools.count()
         self.pred_ptr: list[int] | None = None  # predecessor CSR as lists, when needed
         self.pred_idx: list[int] = []
+        # has any vertex produced a large output yet? Until one has, placement by input
+        # bytes has nothing to weigh (the usual case for small tasks: skip its arrays)
+        self.large_outputs = False
+
+    def output_size(self, nbytes: int) -> None:
+        """A vertex finished with an output of ``nbytes``."""
+        if nbytes >= LOCALITY_MIN_BYTES:
+            self.large_outputs = True
 
     @staticmethod
     def check_policy(policy: Policy) -> None:
@@ -211,7 +219,7 @@ class Allocator:
         """(vertex, server, bytes) for every large input already held by a usable server,
         in batch and usable-server positions: servers stand in for hosts, since outputs
         live in server memory."""
-        if self.policy != "locality":
+        if self.policy != "locality" or not self.large_outputs:
             empty = np.zeros(0, np.int32)
             return empty, empty, np.zeros(0, np.float64)
         a = self.plan.arrays
@@ -256,15 +264,15 @@ class Allocator:
         if self.pred_ptr is None:
             self.pred_ptr = self.plan.arrays["pred_indptr"].tolist()
             self.pred_idx = self.plan.arrays["pred_indices"].tolist()
-        load = {link.index: len(link.in_flight) for link in usable}
-        chosen = []
+        load = {link.index: len(link.in_flight) for link in sorted(usable, key=lambda l: l.index)}
+        ptr, idx, chosen = self.pred_ptr, self.pred_idx, []
         for vertex in vertices:
             counts: dict[int, int] = {}
-            for i in range(self.pred_ptr[vertex], self.pred_ptr[vertex + 1]):
-                where = int(holder[self.pred_idx[i]])
+            for parent in idx[ptr[vertex]:ptr[vertex + 1]]:
+                where = int(holder[parent])
                 if where in load:
                     counts[where] = counts.get(where, 0) + 1
-            least = min(load, key=lambda index: (load[index], index))
+            least = min(load, key=load.__getitem__)  # the first of equals: the lowest index
             near = max(counts, key=lambda index: (counts[index], -load[index])) \
                 if counts else least
             pick = near if load[near] <= load[least] + AFFINITY_SLACK else least

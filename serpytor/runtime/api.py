@@ -13,6 +13,7 @@ from .durable import Durability
 from .inline import run_inline
 from .journal import Journal
 from .progress import Progress
+from .protocol import json_data_problem
 from .queues import QUEUE_KINDS
 from .result import RunResult
 from .store import OutputStore
@@ -47,6 +48,16 @@ def open_durability(plan: Plan, pipeline: Plan | str | Path, journal: str | Path
     return Durability(plan, Journal(directory), OutputStore(directory, durable), fresh)
 
 
+def check_overrides(overrides: Mapping[str, Any] | None) -> None:
+    """Overrides travel to servers as context facts: string keys, JSON values."""
+    for key, value in (overrides or {}).items():
+        if not isinstance(key, str):
+            raise RunConfigError(f"override keys are strings, got {key!r}")
+        problem = json_data_problem(value)
+        if problem is not None:
+            raise RunConfigError(f"override {key}={value!r} is not JSON data ({problem})")
+
+
 def run(pipeline: Plan | str | Path, *, inline: bool = False, workers: int | None = None,
         servers: list[str] | None = None, journal: str | Path | None | bool = None,
         fresh: bool = False, durable: bool = False,
@@ -75,6 +86,7 @@ def run(pipeline: Plan | str | Path, *, inline: bool = False, workers: int | Non
     if queues not in QUEUE_KINDS:
         raise RunConfigError(f"unknown queues {queues!r}; expected one of "
                              f"{', '.join(QUEUE_KINDS)}")
+    check_overrides(overrides)
     bar = Progress(plan.n_vertices) if progress and Progress.wanted() else None
     if gateway:
         from .remote import run_on_gateway

@@ -32,6 +32,7 @@ import numpy as np
 
 from ..compiler.plan import Plan
 from ..errors import AmbiguousContextError, SerpytorError
+from .protocol import json_data_problem
 
 
 class ContextPublishError(SerpytorError, TypeError):
@@ -121,12 +122,11 @@ class Context(Mapping[str, Any]):
         """Add the fact ``(key, value, this vertex)``; it reaches the descendants."""
         if not isinstance(key, str):
             raise ContextPublishError(f"context keys are strings, got {type(key).__name__}")
-        try:
-            json.dumps(value)
-        except (TypeError, ValueError) as error:
+        problem = json_data_problem(value)
+        if problem is not None:
             raise ContextPublishError(
                 f"vertex {self._vertex} published {key}={value!r}, which is not JSON data "
-                f"({error})") from None
+                f"({problem})")
         self._published[key] = value
         if self._on_publish is not None:
             self._on_publish(key, value)

@@ -430,7 +430,8 @@ class Gateway:
             if not self._current(link, vertex, int(r["attempt"])):
                 continue
             self.holder[vertex] = link.index
-            self.size[vertex] = int(r.get("size", 0))
+            self.size[vertex] = nbytes = int(r.get("size", 0))
+            self.allocator.output_size(nbytes)
             published = r.get("published") or {}
             if "path" in r:
                 self.durability.record_stored(vertex, r["path"], r["digest"], published,
@@ -739,8 +740,9 @@ class Gateway:
         # the vertex it said it ran, even if its attempt was sent back meanwhile (an
         # input lost with this server can cancel it before the death is diagnosed)
         if running and running.get("job") == self.job and \
-                isinstance(running.get("v"), int) and 0 <= running["v"] < self.plan.n_vertices:
-            return int(running["v"])
+                isinstance(running.get("v"), int) and 0 <= running["v"] < self.plan.n_vertices \
+                and self.engine.state_of(running["v"]) != _core.DONE:  # else: said before
+            return int(running["v"])                                 # it finished
         if len(link.in_flight) == 1:  # a server runs one vertex at a time
             return next(iter(link.in_flight))
         return None

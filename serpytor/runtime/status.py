@@ -75,7 +75,7 @@ class StatusBlock:
         self._sequence = 0
         self._pid = pid
         self._incarnation = _fixed(incarnation, INCARNATION_BYTES)
-        self._job = b""
+        self._job, self._job_text = b"", ""
         self._vertex = self._attempt = 0
         self._started_at = 0.0
         self._done = self._queued = self._held = 0
@@ -110,7 +110,8 @@ class StatusBlock:
     def running(self, job: str, vertex: int, attempt: int) -> None:
         """A vertex starts (job ids longer than 32 UTF-8 bytes are cut)."""
         with self._lock:
-            self._job = _fixed(job, JOB_BYTES)
+            if job != self._job_text:  # one job runs many vertices: encode its id once
+                self._job_text, self._job = job, _fixed(job, JOB_BYTES)
             self._vertex, self._attempt = vertex, attempt
             self._started_at = time.time()
             self._flags |= _RUNNING

@@ -34,7 +34,7 @@ MAX_ATTEMPT = 2**31 - 1  # attempts are counted in int32 (status blocks, results
 ENDPOINT = re.compile(r"(tcp://[^\s:]+:\d{1,5}|ipc://\S+)\Z")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass is ~3x slower to build
 class Source:
     vertex: int
     at: str | None = None
@@ -43,7 +43,7 @@ class Source:
     hint: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Task:
     vertex: int
     attempt: int

@@ -61,17 +61,20 @@ class Interruptible:
         self._thread: int | None = None
         self.fired = False
 
-    @contextlib.contextmanager
-    def region(self) -> Iterator[None]:
+    def region(self) -> "Interruptible":
+        """``with guard.region():`` -- the code inside may be interrupted (a class
+        rather than a generator: it is entered once per task)."""
+        return self
+
+    def __enter__(self) -> None:
         with self._lock:
             self._thread, self.fired = threading.get_ident(), False
-        try:
-            yield
-        finally:
-            with self._lock:
-                if self.fired and self._thread is not None:
-                    _clear_pending(self._thread)
-                self._thread = None
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            if self.fired and self._thread is not None:
+                _clear_pending(self._thread)
+            self._thread = None
 
     def interrupt(self, exception: type[BaseException]) -> bool:
         """Raise ``exception`` in the region's thread if it is inside the region."""

@@ -55,6 +55,7 @@ SHM_MIN_BYTES = 64 * 1024        # below this, one more message beats mapping a 
 STREAM_MIN_BYTES = 16 << 20      # above this, a chunked, flow-controlled tcp channel
 FETCH_TIMEOUT_S = 120.0
 HOLDER_GONE_S = 1.0       # a holder's connection down this long: it is gone
+GONE_MEMORY_S = 5.0       # fetches from a holder found gone fail at once for this long
 REPLY_SLICE_MS = 50       # how often a waiting fetch looks at the holder's connection
 CONNECTION_EVENTS = (zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED
                      | zmq.EVENT_HANDSHAKE_SUCCEEDED)
@@ -312,6 +313,9 @@ class InputFetcher:
         self.security = security
         self.sockets: dict[str, zmq.Socket] = {}
         self.monitors: dict[str, zmq.Socket] = {}  # each socket's connection events
+        # holders found gone, and when: the batches queued behind the one that found out
+        # fail at once instead of waiting HOLDER_GONE_S each
+        self.gone: dict[str, float] = {}
         self.name_of: Callable[[int], str] = str
 
     def fetch(self, job: str, wanted: dict[str, list[tuple[int, int]]],
@@ -353,10 +357,13 @@ class InputFetcher:
 
     def _ask(self, job: str, address: str, inputs: list[tuple[int, int]],
              stored: list[tuple[int, str, str]]) -> None:
+        vertices = [v for v, _ in inputs] + [v for v, _, _ in stored]
+        if time.monotonic() - self.gone.get(address, -GONE_MEMORY_S) < GONE_MEMORY_S:
+            raise FetchError(f"the server at {address} holding {self._names(vertices)} "
+                             f"is gone", vertices)
         try:
             sock = self._socket(address)
         except zmq.ZMQError as error:
-            vertices = [v for v, _ in inputs] + [v for v, _, _ in stored]
             raise FetchError(f"cannot reach the server at {address} holding "
                              f"{self._names(vertices)}: {error}", vertices) from None
         sock.send_multipart(encode({
@@ -404,6 +411,7 @@ class InputFetcher:
             down_since = _connection_state(monitor, down_since, now)
             if down_since is not None and now - down_since > HOLDER_GONE_S:
                 self._forget(address)
+                self.gone[address] = now
                 raise FetchError(f"the server at {address} holding "
                                  f"{self._names(vertices)} is gone", vertices)
             if now > deadline:
