@@ -10,7 +10,7 @@ runs needs it (:class:`StoredOutput`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from ..compiler.kinds import VertexFlag
 from ..compiler.plan import Plan
@@ -38,6 +38,8 @@ class Durability:
         self.keys: dict[int, tuple[str, dict[str, str]]] = {}
         self.key_maker = KeyMaker(plan)
         self.names: dict[int, str] = {}  # vertex names asked for, each built once
+        self.pipeline = plan.pipeline
+        self.volatile: list[bool] | None = None  # per vertex, once a lookup needs it
         self.pred_ptr: list[int] = []
         self.pred_idx: list[int] = []
         if journal is not None and store is not None:
@@ -55,26 +57,31 @@ class Durability:
     def enabled(self) -> bool:
         return self.journal is not None
 
-    def lookup(self, vertex: int, context_facts: list[Any],
+    def lookup(self, vertex: int, context_facts: list[Any] | Callable[[], list[Any]],
                context_key: Any = None) -> JournalRecord | None:
         """Compute vertex's key; the journal record to reuse, if any. ``context_key``
         names the vertex's static context (see :meth:`ContextTracker.static_key`)."""
         if not self.enabled:
             return None
-        plan = self.plan
         inputs = [(self.name(p), self.digests[p])
                   for p in self.pred_idx[self.pred_ptr[vertex]:self.pred_ptr[vertex + 1]]]
         parts = self.key_maker.parts(vertex, inputs, context_facts, context_key,
                                      self.name(vertex))
         key = vertex_key(parts)
         self.keys[vertex] = (key, parts)
-        if self.fresh or plan.flags(vertex) & VertexFlag.VOLATILE:
+        if self.fresh or self._volatile(vertex):
             return None
-        record = self.journal.lookup(key, plan.pipeline)
+        record = self.journal.lookup(key, self.pipeline)
         if record is None or not self.store.exists(record.output):
             return None
         self.digests[vertex] = record.output_digest
         return record
+
+    def _volatile(self, vertex: int) -> bool:
+        if self.volatile is None:
+            self.volatile = ((self.plan.arrays["vertex_flags"] & VertexFlag.VOLATILE) != 0
+                             ).tolist()
+        return self.volatile[vertex]
 
     def record(self, vertex: int, value: Any, published: dict[str, Any], seconds: float) -> None:
         if not self.enabled:
@@ -83,7 +90,7 @@ class Durability:
         name = self.name(vertex)
         stored = self.store.put(key, name, value)
         self.digests[vertex] = stored.digest
-        self.journal.record(key, self.plan.pipeline, name, parts, stored.path, stored.digest,
+        self.journal.record(key, self.pipeline, name, parts, stored.path, stored.digest,
                             published, seconds)
 
     def record_stored(self, vertex: int, path: str, digest: str, published: dict[str, Any],
@@ -93,7 +100,7 @@ class Durability:
             return
         key, parts = self.keys[vertex]
         self.digests[vertex] = digest
-        self.journal.record(key, self.plan.pipeline, self.name(vertex), parts, path, digest,
+        self.journal.record(key, self.pipeline, self.name(vertex), parts, path, digest,
                             published, seconds)
 
     def load(self, value: Any) -> Any:

@@ -253,7 +253,7 @@ class Gateway:
     def _journaled(self, vertex: int):
         if not self.durability.enabled:
             return None
-        return self.durability.lookup(vertex, self.tracker.facts_for(vertex),
+        return self.durability.lookup(vertex, lambda: self.tracker.facts_for(vertex),
                                       self.tracker.static_key(vertex))
 
     def _reuse(self, vertex: int, record) -> None:

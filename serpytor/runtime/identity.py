@@ -72,7 +72,7 @@ class KeyMaker:
         self.context_digests: dict[Any, str] = {}
 
     def parts(self, vertex: int, input_digests: list[tuple[str, str]],
-              context_facts: list[Any], context_key: Any = None,
+              context_facts: list[Any] | Callable[[], list[Any]], context_key: Any = None,
               name: str | None = None) -> dict[str, str]:
         """The key's parts; ``context_key`` (hashable) names a static context whose
         digest may be reused, None when published facts make it this vertex's own."""
@@ -95,9 +95,13 @@ class KeyMaker:
                                            digest(canonical(template["arguments"])))
         return self.template_parts[shared]
 
-    def _context_digest(self, facts: list[Any], key: Any) -> str:
+    def _context_digest(self, facts: list[Any] | Callable[[], list[Any]], key: Any) -> str:
+        """``facts`` may be a function giving them: they are needed only the first time
+        a static context is seen."""
         if key is not None and key in self.context_digests:
             return self.context_digests[key]
+        if callable(facts):
+            facts = facts()
         value = digest(canonical(sorted([f.key, f.value, f.origin, f.nearest] for f in facts)))
         if key is not None:
             self.context_digests[key] = value

@@ -142,9 +142,10 @@ class Journal:
 def _parts_json(parts: dict[str, str]) -> str:
     """``json.dumps(parts)``, the fast way when no value needs escaping (the parts are
     digests and names, so almost always): this runs once per recorded vertex."""
-    if any('"' in v or "\\" in v or not v.isprintable() for v in parts.values()):
+    text = "|".join(parts.values())
+    if '"' in text or "\\" in text or not text.isprintable():
         return json.dumps(parts)
-    return "{" + ", ".join(f'"{k}": "{v}"' for k, v in parts.items()) + "}"
+    return "{" + ", ".join([f'"{k}": "{v}"' for k, v in parts.items()]) + "}"
 
 
 def _record(row: tuple) -> JournalRecord:

@@ -31,6 +31,7 @@ from .channels.framing import FrameError, decode_frame_head, decode_prelude, lay
 from .channels.serialize import byte_view
 
 PACK_LIMIT = 64 * 1024
+WRITE_AT = 1 << 20  # put outputs are written at the next commit, or once this many bytes wait
 SUFFIX = ".pack"
 SEPARATOR = "#"
 
@@ -39,7 +40,7 @@ class PackError(Exception):
     """A packed output is missing or damaged; the store reports it as an OutputError."""
 
 
-def frame_bytes(header: bytes, buffers: list[Any]) -> bytes:
+def frame_bytes(header: bytes, buffers: list[Any]) -> bytearray:
     """One serialized item as a single frame (head, padding, aligned buffers)."""
     views = [byte_view(b) for b in buffers]
     layout = layout_frame(bytes(header), [v.nbytes for v in views])
@@ -47,7 +48,7 @@ def frame_bytes(header: bytes, buffers: list[Any]) -> bytes:
     data[:len(layout.head)] = layout.head
     for offset, view in zip(layout.offsets, views):
         data[offset:offset + view.nbytes] = view
-    return bytes(data)
+    return data  # a bytearray: written and digested as it is, no copy
 
 
 def unframe(data: bytes) -> tuple[memoryview, list[memoryview]]:
@@ -72,7 +73,8 @@ class OutputPack:
         self.durable = durable
         self.name = f"{os.getpid()}-{secrets.token_hex(4)}{SUFFIX}"
         self._fd: int | None = None
-        self._size = 0
+        self._size = 0          # bytes written to the file
+        self._pending = bytearray()  # put, not yet written: one write per commit
         self._dirty = False
         self._lock = threading.Lock()
 
@@ -81,28 +83,54 @@ class OutputPack:
         return self.directory / self.name
 
     def put(self, key: str, data: bytes) -> str:
-        """Append one output; returns its name, ``NAME#OFFSET+LENGTH``."""
+        """Append one output; returns its name, ``NAME#OFFSET+LENGTH``. It is readable
+        once :meth:`commit` has run (outputs are reported or journaled after that)."""
         with self._lock:
-            if self._fd is None:
-                self.directory.mkdir(parents=True, exist_ok=True)
-                self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-            view, offset = memoryview(data), self._size
-            while view.nbytes:
-                view = view[os.write(self._fd, view):]
-            self._size += len(data)
+            offset = self._size + len(self._pending)
+            self._pending += data
             self._dirty = True
+            if len(self._pending) >= WRITE_AT:
+                self._write_pending()
             return f"{self.name}{SEPARATOR}{offset}+{len(data)}"
 
     def commit(self) -> None:
-        """Make what was put durable, when the job asked for it (otherwise written
-        data already outlives this process)."""
+        """Write what was put; make it durable when the job asked for it (otherwise
+        written data already outlives this process)."""
         with self._lock:
+            try:
+                self._write_pending()
+            except OSError:
+                # those outputs fail (nothing reported them); what follows goes after
+                # what the file holds
+                self._pending.clear()
+                raise
             if self.durable and self._dirty and self._fd is not None:
                 os.fsync(self._fd)
             self._dirty = False
 
+    def _write_pending(self) -> None:
+        if not self._pending:
+            return
+        if self._fd is None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        view = memoryview(self._pending)
+        try:
+            while view.nbytes:
+                view = view[os.write(self._fd, view):]
+        finally:
+            written = len(self._pending) - view.nbytes
+            view.release()
+            del self._pending[:written]
+            self._size += written
+
     def close(self) -> None:
-        self.commit()
+        try:
+            self.commit()
+        finally:
+            self._close_file()
+
+    def _close_file(self) -> None:
         with self._lock:
             if self._fd is not None:
                 os.close(self._fd)

@@ -539,9 +539,16 @@ class Server:
 
     def _report_done(self, identity: bytes, job_id: str, results: list[dict]) -> None:
         job = self.jobs.get(job_id)
-        for store in (job.store, job.files) if job else ():
-            if store is not None:
-                store.commit()  # stored outputs are visible before they are reported
+        try:
+            for store in (job.store, job.files) if job else ():
+                if store is not None:
+                    store.commit()  # stored outputs are visible before they are reported
+        except OutputError as error:  # they are not stored: the vertices failed
+            for result in results:
+                self.table.release(job_id, [result["v"]])
+                self._post(identity, encode(self._failure(job_id, result["v"],
+                                                          result["attempt"], error, "")))
+            return
         self._post(identity, encode({"type": "done", "job": job_id, "results": results,
                                      "channels": self.transfers.take()}))
 
@@ -644,16 +651,20 @@ class Server:
 
     def _fail(self, identity: bytes, job_id: str, task: Task, error: BaseException,
               text: str) -> None:
-        self.stats.failed += 1
-        kind = type(error)
-        message = {"type": "failed", "job": job_id, "v": task.vertex, "attempt": task.attempt,
-                   "error_type": f"{kind.__module__}.{kind.__qualname__}",
-                   "message": str(error), "traceback": text}
+        message = self._failure(job_id, task.vertex, task.attempt, error, text)
         if isinstance(error, FetchError):
             # inputs whose outputs are gone: the gateway re-runs their producers
             inputs = {s.vertex for s in task.inputs}
             message["lost_inputs"] = sorted(inputs & set(error.lost))
         self._post(identity, encode(message))
+
+    def _failure(self, job_id: str, vertex: int, attempt: int, error: BaseException,
+                 text: str) -> dict:
+        self.stats.failed += 1
+        kind = type(error)
+        return {"type": "failed", "job": job_id, "v": vertex, "attempt": attempt,
+                "error_type": f"{kind.__module__}.{kind.__qualname__}",
+                "message": str(error), "traceback": text}
 
 
 def cancelled_attempts(message: dict) -> list[tuple[str, int, int]]:

@@ -83,12 +83,19 @@ class OutputStore:
         """Make what was put so far visible to other processes (call it before the
         outputs are reported or journaled)."""
         if self.pack is not None:
-            self.pack.commit()
+            try:
+                self.pack.commit()
+            except OSError as error:  # a full disk, a read-only store
+                raise OutputError(f"cannot store outputs in {self.pack.path}: "
+                                  f"{error.strerror}") from None
 
     def close(self) -> None:
-        if self.pack is not None:
-            self.pack.close()
-        self.packs.close()
+        try:
+            self.commit()
+        finally:
+            if self.pack is not None:
+                self.pack.close()
+            self.packs.close()
 
     def _put_file(self, key: str, vertex: str, header: bytes,
                   buffers: list[Any]) -> StoredFile:
