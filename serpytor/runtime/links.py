@@ -39,7 +39,9 @@ class Timing:
 
     handshake: float = 10.0        # first answer of every server at the start
     ping_interval: float = 1.0     # ping servers, poll heartbeats, this often
-    dead_after: float = 3.0        # silent this long (3 intervals): declared dead
+    # silent this long: declared dead. The last answer came up to an interval before
+    # the death, so this declares a dead server within 3 intervals of its death
+    dead_after: float = 2.5
     silence: float = 30.0          # no heartbeat to ask, no message this long: lost
     reconnect_grace: float = 5.0   # no heartbeat to ask, connection down this long: lost
 
