@@ -27,7 +27,7 @@ two sides are checked equal outside the timing.
    lost. ``RunResult.server_events`` has no time stamps, so the moment is taken by
    wrapping ``Gateway._server_lost`` in this process (it records ``time.monotonic()``
    on entry, then calls the original). Target: detection within 3 heartbeat
-   intervals (the gateway's ``Timing``: ping every 1 s, dead after 2.5 s), for every
+   intervals (the gateway's ``Timing``: ping every 1 s, dead after 3 s), for every
    strike. The outputs of every faulty run must equal the fault-free run's (and the
    inline run of the trivial DAG, whose arithmetic ``nap`` repeats), and the run must
    name the victim, and only it, as lost, with the expected kind. A faulty run that
@@ -49,7 +49,7 @@ two sides are checked equal outside the timing.
    data over CURVE is bound by libzmq's encryption (one core; raw pyzmq PUSH/PULL with
    CURVE moves ~0.3x of what it moves without, here), so for the data variant the
    same run also measures raw pyzmq with and without CURVE (``raw_curve_ratio``), and
-   the target is to keep at least 0.8 of raw CURVE's ratio.
+   the target is at least 0.8x raw pyzmq's throughput with CURVE.
 3. The 10,000-vertex trivial DAG (100 layers x 100; 10 x 100 with ``--quick``) on 3
    servers (started once, passed with ``servers=``) against a Dask ``LocalCluster``
    (``n_workers=3, threads_per_worker=1``) and ``Client``: tasks per second. Target:
@@ -666,15 +666,15 @@ def bench_curve(pool: ServerPool, workdir: Path, sizes: dict, out: dict) -> None
                    "curve": data_rounds.summary("curve")}
     raw = raw_curve_ratio(megabytes, sizes["data_mb"])
     fig["data"]["raw_zmq"] = raw
-    fig["data"]["vs_raw_curve"] = fig["data"]["throughput_ratio"] / raw["throughput_ratio"]
+    fig["data"]["vs_raw_curve"] = fig["data"]["mb_per_s_curve"] / raw["mb_per_s_curve"]
     out["curve"] = fig
     print(f"   8 MB arrays along a chain of {data.n_vertices} vertices, round_robin, "
           f"[channel = tcp] ({edges} crossings, {megabytes:.0f} MB over tcp): without keys "
           f"{fmt_s(plain_s)} ({megabytes / plain_s:.0f} MB/s), with CURVE {fmt_s(curve_s)} "
           f"({megabytes / curve_s:.0f} MB/s) -> {plain_s / curve_s:.2f}x; raw pyzmq "
           f"{raw['mb_per_s_plain']:.0f} / {raw['mb_per_s_curve']:.0f} MB/s -> "
-          f"{raw['throughput_ratio']:.2f}x, so ours keeps {fig['data']['vs_raw_curve']:.2f} of "
-          f"what CURVE allows (target >= {TARGETS['curve_throughput_ratio']:g}); medians of "
+          f"{raw['throughput_ratio']:.2f}x; ours with CURVE is {fig['data']['vs_raw_curve']:.2f}x "
+          f"raw pyzmq with CURVE (target >= {TARGETS['curve_throughput_ratio']:g}x); medians of "
           f"{sizes['rounds_data']}, checksums equal")
 
 
@@ -721,7 +721,7 @@ CHECKS: dict[str, tuple[str, tuple[str, ...], Callable[[Any], bool]]] = {
     "curve_dag_throughput_ge_0_8x": (
         "curve", ("curve", "dag", "throughput_ratio"),
         lambda v: v >= TARGETS["curve_throughput_ratio"]),
-    "curve_data_ge_0_8x_of_raw_zmq_curve": (
+    "curve_data_ge_0_8x_raw_zmq_curve": (
         "curve", ("curve", "data", "vs_raw_curve"),
         lambda v: v >= TARGETS["curve_throughput_ratio"]),
     "servers3_ge_10x_dask_distributed_tasks_per_s": (

@@ -39,9 +39,7 @@ class Timing:
 
     handshake: float = 10.0        # first answer of every server at the start
     ping_interval: float = 1.0     # ping servers, poll heartbeats, this often
-    # silent this long: declared dead. The last answer came up to an interval before
-    # the death, so this declares a dead server within 3 intervals of its death
-    dead_after: float = 2.5
+    dead_after: float = 3.0        # silent this long (3 intervals): declared dead
     silence: float = 30.0          # no heartbeat to ask, no message this long: lost
     reconnect_grace: float = 5.0   # no heartbeat to ask, connection down this long: lost
 
@@ -69,7 +67,7 @@ class Link:
     beat: dict | None = None       # its heartbeat's last answer (machine figures)
     heartbeat: str | None = None   # its heartbeat's address (from its pong)
     beat_client: Any = None        # a HeartbeatClient, once the address is known
-    beat_at: float | None = None   # when the last answer came
+    beat_at: float | None = None   # when the request its last answer answers was sent
     beat_asked: float = 0.0
     beat_since: float | None = None  # when the gateway started asking
     notes: set[str] = field(default_factory=set)  # conditions already reported once
@@ -157,7 +155,10 @@ class Link:
             self.beat_client = HeartbeatClient(ctx, self.heartbeat, self.security)
             self.beat_since = now
         for beat in self.beat_client.replies():
-            self.beat, self.beat_at = beat, now
+            # heard as of when it was asked: the heartbeat was alive then, and maybe
+            # not since; so silence is counted from there, and a dead heartbeat is
+            # noticed within dead_after of its death, however late its answer was read
+            self.beat, self.beat_at = beat, self.beat_asked
         if now - self.beat_asked >= interval:
             self.beat_asked = now
             self.beat_client.request()
