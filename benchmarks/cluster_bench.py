@@ -92,7 +92,8 @@ import psutil  # noqa: E402
 
 from benchmarks.run_bench import (  # noqa: E402
     TASKS, UNMEASURABLE, Dag, DeadlineExceeded, ServerPool, alternate, bounded,
-    compile_text, dag_spg, fmt_s, guarded, make_dag, rounds_vs_dask, small_dag_plan)
+    compile_text, dag_spg, fmt_s, guarded, make_dag, rounds_vs_dask, small_dag_plan,
+    targets_text)
 from benchmarks.machine import machine  # noqa: E402
 from serpytor.runtime import gateway as gateway_module  # noqa: E402
 from serpytor.runtime.api import run  # noqa: E402
@@ -770,18 +771,17 @@ def main(argv: list[str] | None = None) -> int:
     sizes, info = SIZES[mode], machine("zmq", "dask", "distributed", "psutil")
     print(f"SerPyTor cluster benchmark ({mode}) on {info['cpu']}, {info['cores']} cores, "
           f"Python {info['python']}, dask {info['dask']}")
-    began, load_start = time.perf_counter(), os.getloadavg()[0]
+    began = time.perf_counter()
     try:
         with tempfile.TemporaryDirectory(prefix="cluster-bench-") as tmp:
             run_figures(sizes, Path(tmp), out)
     finally:
         out["leftover_processes"] = STARTED.leftovers()
     out["targets_met"] = targets_met(out)
-    info["loadavg_1m_start"], info["loadavg_1m_end"] = load_start, os.getloadavg()[0]
+    info["loadavg_1m_end"] = os.getloadavg()[0]
     out["machine"] = info
     out["wall_s"] = time.perf_counter() - began
-    print("targets: " + ", ".join(f"{k}={'n/a' if v is None else ('met' if v else 'NOT met')}"
-                                  for k, v in out["targets_met"].items())
+    print(f"targets: {targets_text(out['targets_met'])}"
           + f"; leftover processes: {len(out['leftover_processes'])}"
           + f"; wall {out['wall_s']:.1f} s")
     print(json.dumps(out, default=str))

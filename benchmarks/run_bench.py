@@ -83,7 +83,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, ContextManager, Iterator
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -95,6 +95,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 import serpytor  # noqa: E402
 from serpytor.runtime.api import run  # noqa: E402
 from serpytor.runtime.local import LocalServers  # noqa: E402
+from serpytor.runtime.timeouts import alarm  # noqa: E402
 
 from benchmarks import run_tasks  # noqa: E402
 from benchmarks.machine import machine, reset_peak_rss  # noqa: E402
@@ -191,19 +192,10 @@ class DeadlineExceeded(Exception):
     """A timed call did not finish within its deadline (the runtime hung or crawled)."""
 
 
-@contextmanager
-def deadline(seconds: float, what: str) -> Iterator[None]:
+def deadline(seconds: float, what: str) -> ContextManager[None]:
     """Raise DeadlineExceeded in this (main) thread if the block outlives ``seconds``."""
-    def expire(signum: int, frame: Any) -> None:
-        raise DeadlineExceeded(f"{what} did not finish within {seconds:g} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+    return alarm(seconds, lambda: DeadlineExceeded(f"{what} did not finish within "
+                                                   f"{seconds:g} s"))
 
 
 def bounded(fn: Callable[[], Any], seconds: float, what: str) -> Callable[[], Any]:
@@ -759,6 +751,12 @@ def target_values(out: dict) -> dict[str, tuple[str, float | None, Callable[[flo
     }
 
 
+def targets_text(met: dict[str, bool | None]) -> str:
+    """``name=met, name=NOT met, ...`` (``n/a`` where a baseline is not installed)."""
+    return ", ".join(f"{k}={'n/a' if v is None else ('met' if v else 'NOT met')}"
+                     for k, v in met.items())
+
+
 def verdicts(out: dict) -> dict[str, bool | None]:
     """Each target met or not; a figure whose run failed or hung is not met, one that
     could not be measured (a baseline not installed) is None."""
@@ -841,16 +839,13 @@ def main(argv: list[str] | None = None) -> int:
           f"Python {info['python']}, dask {info['dask']}")
     out: dict[str, Any] = {"mode": mode, "sizes": sizes}
     started = time.perf_counter()
-    load_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="run-bench-") as tmp:
         run_figures(sizes, Path(tmp), out)
     out["targets_met"] = verdicts(out)
-    info["loadavg_1m_start"], info["loadavg_1m_end"] = load_start, os.getloadavg()[0]
+    info["loadavg_1m_end"] = os.getloadavg()[0]
     out["machine"] = info
     out["wall_s"] = time.perf_counter() - started
-    print("targets: " + ", ".join(f"{k}={'n/a' if v is None else ('met' if v else 'NOT met')}"
-                                  for k, v in out["targets_met"].items())
-          + f"; wall {out['wall_s']:.1f} s")
+    print(f"targets: {targets_text(out['targets_met'])}; wall {out['wall_s']:.1f} s")
     print(json.dumps(out))
     return 0
 

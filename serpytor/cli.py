@@ -159,6 +159,23 @@ def add_journal_arguments(parser: argparse.ArgumentParser) -> None:
                         help="show Python tracebacks for errors")
 
 
+def add_key_arguments(parser: argparse.ArgumentParser, binds: bool = False) -> None:
+    """``--keys`` (and, for a process that binds, ``--insecure``)."""
+    if binds:
+        parser.add_argument("--keys", metavar="DIR", help="CURVE keys made by `serpytor "
+                            "keygen`: encrypt, and accept only authorized clients")
+        parser.add_argument("--insecure", action="store_true", help="allow binding a "
+                            "public address without keys (anyone who reaches it gets in)")
+    else:
+        parser.add_argument("--keys", metavar="DIR", help="CURVE keys made by `serpytor "
+                            "keygen`: authenticate and encrypt every connection")
+
+
+def add_keygen_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("directory", metavar="DIR", help="where to write the keys")
+    parser.add_argument("--force", action="store_true", help="replace existing keys")
+
+
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("pipeline", metavar="PIPELINE", help="a .spg or .spgc file")
     mode = parser.add_mutually_exclusive_group()
@@ -178,8 +195,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         "(VALUE is JSON, or a plain string)")
     parser.add_argument("--output", choices=("text", "json"), default="text",
                         help="how to print the results")
-    parser.add_argument("--keys", metavar="DIR", help="CURVE keys made by `serpytor "
-                        "keygen`: authenticate and encrypt every connection")
+    add_key_arguments(parser)
     parser.add_argument("--queues", choices=("single", "stage"), default="single",
                         help="ready vertices wait in one queue (by priority) or in one "
                         "queue per stage, served in turn")
@@ -294,10 +310,7 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default: the gateway's journal directory)")
     parser.add_argument("--no-heartbeat", action="store_true", help="do not start a "
                         "heartbeat process beside the server")
-    parser.add_argument("--keys", metavar="DIR", help="CURVE keys made by `serpytor "
-                        "keygen`: accept only authorized clients, encrypt everything")
-    parser.add_argument("--insecure", action="store_true", help="allow binding a public "
-                        "address without keys (anyone who reaches it can run code)")
+    add_key_arguments(parser, binds=True)
     parser.add_argument("-v", "--verbose", action="store_true", help="log and show tracebacks")
 
 
@@ -337,9 +350,7 @@ def add_gateway_arguments(parser: argparse.ArgumentParser) -> None:
                         "vertices): a restarted gateway resumes them")
     parser.add_argument("--journal", metavar="DIR", help="the jobs' journal (default "
                         "STATE/journal)")
-    parser.add_argument("--keys", metavar="DIR", help="CURVE keys made by `serpytor keygen`")
-    parser.add_argument("--insecure", action="store_true", help="allow binding a public "
-                        "address without keys")
+    add_key_arguments(parser, binds=True)
     parser.add_argument("-v", "--verbose", action="store_true", help="log and show tracebacks")
 
 
@@ -359,7 +370,7 @@ def add_status_arguments(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--gateway", metavar="ADDR", type=_address, help="ask a gateway")
     where.add_argument("--servers", metavar="ADDR,...", type=_address_list,
                        help="ask servers directly")
-    parser.add_argument("--keys", metavar="DIR", help="CURVE keys made by `serpytor keygen`")
+    add_key_arguments(parser)
     parser.add_argument("--output", choices=("text", "json"), default="text")
     parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks")
 
@@ -453,43 +464,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``serpytor``: compile and run pipelines."""
     parser = argparse.ArgumentParser(prog="serpytor", description=main.__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    compile_parser = commands.add_parser("compile", help="compile pipelines (as serpytorc)")
-    add_compile_arguments(compile_parser)
-    run_parser = commands.add_parser("run", help="run a pipeline")
-    add_run_arguments(run_parser)
-    server_parser = commands.add_parser("server", help="run a server that executes vertices")
-    add_server_arguments(server_parser)
-    explain_parser = commands.add_parser("explain", help="say why a vertex would be "
-                                         "reused or re-run")
-    add_explain_arguments(explain_parser)
     from .runtime.heartbeat import add_heartbeat_arguments, heartbeat_command
 
-    heartbeat_parser = commands.add_parser("heartbeat", help="answer heartbeat requests "
-                                           "with this machine's figures")
-    add_heartbeat_arguments(heartbeat_parser)
-    gateway_parser = commands.add_parser("gateway", help="run a gateway service that "
-                                         "accepts jobs from `serpytor run --gateway`")
-    add_gateway_arguments(gateway_parser)
-    status_parser = commands.add_parser("status", help="servers and their heartbeats, "
-                                        "and a gateway's jobs")
-    add_status_arguments(status_parser)
-    keygen_parser = commands.add_parser("keygen", help="make CURVE keys for servers and "
-                                        "gateways")
-    keygen_parser.add_argument("directory", metavar="DIR", help="where to write the keys")
-    keygen_parser.add_argument("--force", action="store_true", help="replace existing keys")
+    table: dict[str, tuple[str, Callable, Callable]] = {  # help, arguments, command
+        "compile": ("compile pipelines (as serpytorc)", add_compile_arguments,
+                    compile_command),
+        "run": ("run a pipeline", add_run_arguments, run_command),
+        "server": ("run a server that executes vertices", add_server_arguments,
+                   server_command),
+        "explain": ("say why a vertex would be reused or re-run", add_explain_arguments,
+                    explain_command),
+        "heartbeat": ("answer heartbeat requests with this machine's figures",
+                      add_heartbeat_arguments, heartbeat_command),
+        "gateway": ("run a gateway service that accepts jobs from `serpytor run "
+                    "--gateway`", add_gateway_arguments, gateway_command),
+        "status": ("servers and their heartbeats, and a gateway's jobs",
+                   add_status_arguments, status_command),
+        "keygen": ("make CURVE keys for servers and gateways", add_keygen_arguments,
+                   keygen_command),
+    }
+    parsers = {}
+    for name, (summary, add_arguments, _) in table.items():
+        parsers[name] = commands.add_parser(name, help=summary)
+        add_arguments(parsers[name])
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # a server restarts with it
-    handlers: dict[str, Callable[[], int]] = {
-        "compile": lambda: compile_command(args, compile_parser),
-        "run": lambda: run_command(args, run_parser),
-        "explain": lambda: explain_command(args),
-        "server": lambda: server_command(args),
-        "heartbeat": lambda: heartbeat_command(args),
-        "keygen": lambda: keygen_command(args),
-        "gateway": lambda: gateway_command(args),
-        "status": lambda: status_command(args),
-    }
-    return run_guarded(handlers[args.command], getattr(args, "verbose", False))
+    command = table[args.command][2]
+    # compile and run report usage errors through their own parser
+    handler = (lambda: command(args, parsers[args.command])) \
+        if args.command in ("compile", "run") else (lambda: command(args))
+    return run_guarded(handler, getattr(args, "verbose", False))
 
 
 

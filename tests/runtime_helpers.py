@@ -22,20 +22,24 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import zmq
 
+from serpytor.runtime.daemon import terminate
+from serpytor.runtime.local import READY_PREFIX
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "runtime_fixtures"
 EXAMPLES = ROOT / "examples"
 CORPUS = EXAMPLES / "data" / "corpus.txt"
 
-READY_PREFIX = "serpytor server "
 START_TIMEOUT_S = 30.0
 RECV_TIMEOUT_MS = 5000
 
@@ -77,13 +81,7 @@ class ServerProcess:
         return self.process.poll() is None
 
     def stop(self, timeout: float = 5.0) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout)
+        terminate(self.process, timeout)
         for stream in (self.process.stdout, self.errors):
             if stream is not None:
                 stream.close()
@@ -150,6 +148,36 @@ def start_servers(count: int, *extra: str, prefix: str = "srv") -> list[ServerPr
 def stop_all(servers: Iterable[ServerProcess]) -> None:
     for server in servers:
         server.stop()
+
+
+@contextmanager
+def server_pool(count: int, prefix: str) -> Iterator[list[ServerProcess]]:
+    """``count`` servers for the block (a fixture's ``with``); all stopped after it."""
+    servers = start_servers(count, prefix=prefix)
+    try:
+        yield servers
+    finally:
+        stop_all(servers)
+
+
+def run_concurrently(call: Callable[[], Any], count: int, seconds: float = 60) -> dict:
+    """``call()`` on ``count`` threads at once: index -> its result or its exception;
+    fails if a thread is still running after ``seconds``."""
+    results: dict[int, Any] = {}
+
+    def one(index: int) -> None:
+        try:
+            results[index] = call()
+        except Exception as error:  # noqa: BLE001 - handed to the test
+            results[index] = error
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(seconds)
+    assert not any(thread.is_alive() for thread in threads), "a run did not finish"
+    return results
 
 
 _SHARED: list[ServerProcess] = []

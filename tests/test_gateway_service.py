@@ -12,7 +12,6 @@ import random
 import signal
 import socket
 import subprocess
-import threading
 from pathlib import Path
 
 import pytest
@@ -26,10 +25,10 @@ from runtime_helpers import (
     kill_group,
     log_lines,
     run_cli,
+    run_concurrently,
     serpytor_command,
+    server_pool,
     spawn_cli,
-    start_servers,
-    stop_all,
     wait_for,
 )
 
@@ -41,11 +40,8 @@ SLOW = fixture_pipeline("slow")
 
 @pytest.fixture(scope="module")
 def servers():
-    pool = start_servers(2, prefix="gwsrv")
-    try:
+    with server_pool(2, "gwsrv") as pool:
         yield pool
-    finally:
-        stop_all(pool)
 
 
 class GatewayProcess:
@@ -109,20 +105,8 @@ def test_a_submitted_run_gives_the_inline_result(gateway):
 
 def test_jobs_at_the_same_time_share_the_servers(gateway):
     expected = serpytor.run(EXAMPLES / "average.spg", inline=True, journal=False).outputs
-    results: dict[int, object] = {}
-
-    def go(index: int) -> None:
-        try:
-            results[index] = serpytor.run(EXAMPLES / "average.spg", gateway=gateway.address,
-                                          journal=False).outputs
-        except Exception as error:  # reported below
-            results[index] = error
-
-    threads = [threading.Thread(target=go, args=(i,)) for i in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
+    results = run_concurrently(lambda: serpytor.run(
+        EXAMPLES / "average.spg", gateway=gateway.address, journal=False).outputs, 3)
     assert results == {0: expected, 1: expected, 2: expected}
 
 

@@ -20,9 +20,8 @@ from runtime_helpers import (
     fixture_pipeline,
     run_cli,
     run_in_mode,
+    server_pool,
     shared_servers,
-    start_servers,
-    stop_all,
     wait_for,
 )
 
@@ -146,11 +145,8 @@ def test_an_inline_run_in_a_worker_thread_still_enforces_timeouts():
 @pytest.fixture
 def own_servers():
     """Two servers for one test (it may kill or wedge them)."""
-    pool = start_servers(2, prefix="own")
-    try:
+    with server_pool(2, "own") as pool:
         yield pool
-    finally:
-        stop_all(pool)
 
 
 def test_a_server_blocked_in_c_past_a_timeout_restarts_itself(own_servers):

@@ -5,7 +5,7 @@ named in the ``.spg`` (``placement ...``), or a user's function from the command
 from __future__ import annotations
 
 import pytest
-from runtime_helpers import log_lines, start_servers, stop_all, write_pipeline
+from runtime_helpers import log_lines, server_pool, write_pipeline
 
 import serpytor
 from serpytor.runtime.allocation import PlacementError
@@ -21,11 +21,8 @@ stage b = p.logged x 2
 
 @pytest.fixture(scope="module")
 def pair():
-    servers = start_servers(2, prefix="place")
-    try:
+    with server_pool(2, "place") as servers:
         yield servers
-    finally:
-        stop_all(servers)
 
 
 pytestmark = pytest.mark.usefixtures("in_checkout")
@@ -87,11 +84,8 @@ def test_a_queue_silo_serves_the_stages_in_turn(tmp_path, queues, first_stages):
     """One server runs tasks in the order they come: with one queue (by priority, then
     id) the six a's come first; with a silo, a and b take turns from the start."""
     path, log = wide(tmp_path)
-    [server] = start_servers(1, prefix="silo")
-    try:
+    with server_pool(1, "silo") as [server]:
         serpytor.run(path, servers=[server.address], journal=False, queues=queues)
-    finally:
-        stop_all([server])
     order = log_lines(log)
     assert sorted(order) == sorted([f"a[{i}]" for i in range(6)] + ["b[0]", "b[1]"])
     assert {name[0] for name in order[:3]} == first_stages

@@ -18,6 +18,7 @@ from runtime_helpers import (
     ControlClient,
     fixture_pipeline,
     run_cli,
+    run_concurrently,
     shared_servers,
     start_servers,
     stop_all,
@@ -268,22 +269,7 @@ def test_a_server_cannot_bind_an_address_in_use(victim):
 
 def test_gateways_running_at_the_same_time_share_servers(servers):
     """Three runs of one pipeline at once on the same servers: jobs stay apart."""
-    import threading
-
     expected = run(EXAMPLES / "average.spg", inline=True, journal=False).outputs
-    results: dict[int, object] = {}
-
-    def go(index: int) -> None:
-        try:
-            results[index] = run(EXAMPLES / "average.spg", journal=False,
-                                 servers=[s.address for s in servers]).outputs
-        except Exception as error:  # reported below
-            results[index] = error
-
-    threads = [threading.Thread(target=go, args=(i,)) for i in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    assert not any(thread.is_alive() for thread in threads)
+    results = run_concurrently(lambda: run(EXAMPLES / "average.spg", journal=False,
+                                           servers=[s.address for s in servers]).outputs, 3)
     assert results == {0: expected, 1: expected, 2: expected}

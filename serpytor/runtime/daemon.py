@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import subprocess
 import threading
 from typing import Callable
 
@@ -22,3 +23,14 @@ def serve_until_signalled(ready_line: str, serve: Callable[[threading.Event], No
     print(ready_line, flush=True)
     serve(stop)
     return 0
+
+
+def terminate(process: subprocess.Popen, timeout: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL if the process has not exited within ``timeout``; reaped."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout)

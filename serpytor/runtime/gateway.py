@@ -419,6 +419,8 @@ class Gateway:
         """Take these attempts back from link (it skips them if not yet started; a
         result that comes anyway is for an attempt no longer in flight)."""
         pairs = [(v, link.in_flight.pop(v)) for v in vertices if v in link.in_flight]
+        for vertex, _ in pairs:
+            self._drop_copy(vertex, link.index)
         if pairs:
             link.send({"type": "cancel", "job": self.job, "vertices": [v for v, _ in pairs],
                        "attempts": [a for _, a in pairs]})
@@ -678,7 +680,6 @@ class Gateway:
             return
         self._withdraw(link, queued)
         for vertex in queued:
-            self._drop_copy(vertex, link.index)
             self.last_failed[vertex] = link.index  # placed elsewhere, if anywhere else
         self.queue.push(queued)
 

@@ -45,7 +45,7 @@ import psutil
 import zmq
 
 from ..errors import SerpytorError
-from .daemon import configure_logging, serve_until_signalled
+from .daemon import configure_logging, serve_until_signalled, terminate
 from .security import SecurityConfig, check_bind, load_security, secure_client, secure_server
 from .status import StatusBlock, status_path
 
@@ -567,13 +567,7 @@ def spawn_heartbeat(bind_host: str, watch_pid: int, status_path: str, name: str,
 
 def stop_heartbeat(process: subprocess.Popen, timeout_s: float = 5.0) -> int | None:
     """SIGTERM, wait, SIGKILL if it would not go; its exit status."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout_s)
+    terminate(process, timeout_s)
     return process.returncode
 
 
@@ -625,10 +619,9 @@ def add_heartbeat_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--linger", metavar="SECONDS", type=float, default=DEFAULT_LINGER_S,
                         help="keep answering this long after the server died "
                         f"(default {DEFAULT_LINGER_S:g})")
-    parser.add_argument("--keys", metavar="DIR", help="CURVE keys (made by `serpytor "
-                        "keygen`): encrypt, and answer only authorized clients")
-    parser.add_argument("--insecure", action="store_true", help="allow binding a public "
-                        "address without keys")
+    from ..cli import add_key_arguments
+
+    add_key_arguments(parser, binds=True)
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
 
 

@@ -13,6 +13,7 @@ import threading
 import time
 
 from ..errors import SerpytorError
+from .daemon import terminate
 
 READY_PREFIX = "serpytor server "
 START_TIMEOUT_S = 30.0
@@ -88,13 +89,7 @@ class LocalServer:
         return self.process.poll() is None
 
     def stop(self, timeout: float = 5.0) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process, timeout)
         for thread in self.forwarders:
             thread.join(2.0)  # the pipes end with the process
         if not self.forwarders:

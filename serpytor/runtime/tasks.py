@@ -62,9 +62,7 @@ def parse_tasks(value: Any, plan: Plan) -> list[Task]:
 def parse_task(task: Any, plan: Plan) -> Task:
     if not isinstance(task, dict):
         raise ProtocolError("a task must be a JSON object")
-    vertex = _int(task.get("v"), "task field 'v'")
-    if not 0 <= vertex < plan.n_vertices:
-        raise ProtocolError(f"task vertex {vertex} is not in the plan")
+    vertex = _vertex(task.get("v"), "task", plan)
     attempt = _int(task.get("attempt", 1), "task field 'attempt'")
     if not 0 <= attempt <= MAX_ATTEMPT:
         raise ProtocolError(f"task field 'attempt' must be in 0..{MAX_ATTEMPT}, got {attempt}")
@@ -82,9 +80,7 @@ def parse_task(task: Any, plan: Plan) -> Task:
 def _source(source: Any, plan: Plan) -> Source:
     if not isinstance(source, dict):
         raise ProtocolError("a task input must be a JSON object")
-    vertex = _int(source.get("v"), "input field 'v'")
-    if not 0 <= vertex < plan.n_vertices:
-        raise ProtocolError(f"input vertex {vertex} is not in the plan")
+    vertex = _vertex(source.get("v"), "input", plan)
     texts = {name: source.get(name) for name in ("at", "path", "digest")}
     for name, text in texts.items():
         if text is not None and not isinstance(text, str):
@@ -108,6 +104,13 @@ def _facts(context: Any) -> tuple[ContextFact, ...]:
             raise ProtocolError("context facts must be [key, value, origin, nearest]")
         facts.append(ContextFact(*fact))
     return tuple(facts)
+
+
+def _vertex(value: Any, kind: str, plan: Plan) -> int:
+    vertex = _int(value, f"{kind} field 'v'")
+    if not 0 <= vertex < plan.n_vertices:
+        raise ProtocolError(f"{kind} vertex {vertex} is not in the plan")
+    return vertex
 
 
 def _int(value: Any, what: str) -> int:

@@ -14,7 +14,7 @@ import contextlib
 import ctypes
 import signal
 import threading
-from typing import Iterator
+from typing import Callable, Iterator
 
 from ..errors import VertexTimeoutError
 
@@ -29,7 +29,7 @@ def time_limit(seconds: float | None, vertex: str) -> Iterator[None]:
     if not seconds:
         yield
     elif threading.current_thread() is threading.main_thread():
-        with _alarm(seconds, vertex):
+        with alarm(seconds, lambda: timeout_error(vertex, seconds)):
             yield
     else:
         with _watchdog(seconds, vertex):
@@ -37,9 +37,11 @@ def time_limit(seconds: float | None, vertex: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _alarm(seconds: float, vertex: str) -> Iterator[None]:
+def alarm(seconds: float, error: Callable[[], BaseException]) -> Iterator[None]:
+    """In the main thread: raise ``error()`` in the block after ``seconds`` (SIGALRM,
+    so even a blocking system call is interrupted)."""
     def expire(signum, frame):
-        raise timeout_error(vertex, seconds)
+        raise error()
 
     previous = signal.signal(signal.SIGALRM, expire)
     signal.setitimer(signal.ITIMER_REAL, seconds)

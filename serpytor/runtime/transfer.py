@@ -328,36 +328,33 @@ class InputFetcher:
         self.name_of = name_of
         stored = stored or {}
         fetched = Fetched()
-        asked = {}
+        asked: dict[str, list[int]] = {}  # address -> the vertices asked of it
         for address in dict.fromkeys([*wanted, *stored]):
-            vertices = [v for v, _ in wanted.get(address, [])] + \
-                [v for v, _, _ in stored.get(address, [])]
+            inputs, kept = wanted.get(address, []), stored.get(address, [])
+            vertices = [v for v, _ in inputs] + [v for v, _, _ in kept]
             try:
-                self._ask(job, address, wanted.get(address, []), stored.get(address, []))
+                self._ask(job, address, inputs, kept, vertices)
                 asked[address] = vertices
             except FetchError as error:
                 fetched.failed.update(dict.fromkeys(vertices, error))
-        pending = list(asked)
-        try:
-            while pending:
-                address = pending[0]
-                try:
-                    self._receive(address, asked[address], fetched)
-                except FetchError as error:
-                    fetched.failed.update({v: error for v in asked[address]
-                                           if v not in fetched.values})
-                pending.pop(0)
-        except BaseException:
-            for address in pending:  # unread replies must not pair with the next get
-                if address in self.sockets:
-                    self._forget(address)
-            fetched.close()
-            raise
+        addresses = list(asked)
+        for done, address in enumerate(addresses):
+            try:
+                self._receive(address, asked[address], fetched)
+            except FetchError as error:
+                fetched.failed.update({v: error for v in asked[address]
+                                       if v not in fetched.values})
+            except BaseException:
+                for unread in addresses[done:]:  # their replies must not pair with the
+                    if unread in self.sockets:    # next get
+                        self._forget(unread)
+                fetched.close()
+                raise
         return fetched
 
     def _ask(self, job: str, address: str, inputs: list[tuple[int, int]],
-             stored: list[tuple[int, str, str]]) -> None:
-        vertices = [v for v, _ in inputs] + [v for v, _, _ in stored]
+             stored: list[tuple[int, str, str]], vertices: list[int]) -> None:
+        """Send the get for ``vertices`` (``inputs`` held, ``stored`` read) to address."""
         if time.monotonic() - self.gone.get(address, -GONE_MEMORY_S) < GONE_MEMORY_S:
             raise FetchError(f"the server at {address} holding {self._names(vertices)} "
                              f"is gone", vertices)
