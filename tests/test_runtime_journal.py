@@ -427,26 +427,3 @@ def test_long_lived_servers_run_the_code_the_journal_key_names(tmp_path, servers
     assert changed["stats"]["executed"] == 1
     assert changed["outputs"] == {"v": 2}
     assert run_json(path, "--inline", "--journal", journal)["outputs"] == {"v": 2}
-
-
-def test_outputs_that_cannot_be_written_fail_at_commit_naming_the_store(tmp_path):
-    """Small outputs are appended to a pack when the store commits (before they are
-    reported); a pack that cannot be written is an OutputError naming it, and what
-    was committed before stays readable."""
-    from serpytor.runtime.store import OutputError, OutputStore
-
-    store = OutputStore(tmp_path)
-    kept = store.put("k1", "a", [1, 2, 3])
-    store.commit()
-    assert store.get(kept.path, kept.digest) == [1, 2, 3]
-    store.close()
-
-    blocked = tmp_path / "blocked"
-    (blocked / "outputs").mkdir(parents=True)
-    (blocked / "outputs" / "packs").write_text("a file where the packs would go")
-    store = OutputStore(blocked)
-    store.put("k2", "b", "value")
-    with pytest.raises(OutputError) as caught:
-        store.commit()
-    assert "packs" in str(caught.value)
-    store.close()

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from ..compiler.kinds import VertexFlag
 from ..compiler.plan import Plan
-from .identity import KeyMaker, vertex_key
+from .identity import KeyMaker, inputs_text, vertex_key
 from .journal import Journal, JournalRecord
 from .store import OutputStore
 
@@ -63,10 +63,10 @@ class Durability:
         names the vertex's static context (see :meth:`ContextTracker.static_key`)."""
         if not self.enabled:
             return None
-        inputs = [(self.name(p), self.digests[p])
-                  for p in self.pred_idx[self.pred_ptr[vertex]:self.pred_ptr[vertex + 1]]]
-        parts = self.key_maker.parts(vertex, inputs, context_facts, context_key,
-                                     self.name(vertex))
+        name, digests = self.name, self.digests
+        inputs = inputs_text([(name(p), digests[p]) for p in
+                              self.pred_idx[self.pred_ptr[vertex]:self.pred_ptr[vertex + 1]]])
+        parts = self.key_maker.parts(vertex, inputs, context_facts, context_key, name(vertex))
         key = vertex_key(parts)
         self.keys[vertex] = (key, parts)
         if self.fresh or self._volatile(vertex):

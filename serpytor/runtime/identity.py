@@ -17,7 +17,7 @@ import functools
 import hashlib
 import inspect
 import json
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from ..compiler.plan import Plan
 from .invoke import on_reload, template_function
@@ -69,23 +69,34 @@ class KeyMaker:
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
         self.template_parts: dict[Any, tuple[str, str]] = {}
+        self.by_template: dict[int, tuple[str, str]] = {}  # template index -> its parts
+        self.vertex_template: list[int] | None = None
         self.context_digests: dict[Any, str] = {}
 
-    def parts(self, vertex: int, input_digests: list[tuple[str, str]],
+    def parts(self, vertex: int, inputs: str,
               context_facts: list[Any] | Callable[[], list[Any]], context_key: Any = None,
               name: str | None = None) -> dict[str, str]:
-        """The key's parts; ``context_key`` (hashable) names a static context whose
-        digest may be reused, None when published facts make it this vertex's own."""
+        """The key's parts. ``inputs`` is :func:`inputs_text` of the vertex's parents;
+        ``context_key`` (hashable) names a static context whose digest may be reused,
+        None when published facts make it this vertex's own."""
         function, arguments = self._template_parts(vertex)
         return {"function": function, "arguments": arguments,
-                "inputs": digest(";".join(f"{n}={d}" for n, d in input_digests)),
+                "inputs": hashlib.blake2b(inputs.encode(), digest_size=20).hexdigest(),
                 "context": self._context_digest(context_facts, context_key),
                 # a vertex's records are its own: two vertices computing the same thing
                 # from the same inputs still run (and are recorded) each
                 "vertex": name or self.plan.vertex_name(vertex)}
 
     def _template_parts(self, vertex: int) -> tuple[str, str]:
-        index = int(self.plan.arrays["vertex_template"][vertex])
+        if self.vertex_template is None:
+            self.vertex_template = self.plan.arrays["vertex_template"].tolist()
+        index = self.vertex_template[vertex]
+        parts = self.by_template.get(index)
+        if parts is None:
+            parts = self.by_template[index] = self._template_parts_of(vertex, index)
+        return parts
+
+    def _template_parts_of(self, vertex: int, index: int) -> tuple[str, str]:
         template = self.plan.templates[index]
         # templates that differ only by name (no arguments) share their parts
         shared = (template["module"], template["function"]) \
@@ -108,8 +119,13 @@ class KeyMaker:
         return value
 
 
-KEY_PARTS = ("arguments", "context", "function", "inputs", "vertex")  # sorted
+def inputs_text(inputs: Iterable[tuple[str, str]]) -> str:
+    """What the ``inputs`` part digests: each parent's name and output digest."""
+    return ";".join([f"{name}={output}" for name, output in inputs])
 
 
 def vertex_key(parts: Mapping[str, str]) -> str:
-    return digest("|".join([f"{name}={parts[name]}" for name in KEY_PARTS]))
+    """The digest of ``name=part`` for each part, in the order of their names."""
+    text = (f"arguments={parts['arguments']}|context={parts['context']}|"
+            f"function={parts['function']}|inputs={parts['inputs']}|vertex={parts['vertex']}")
+    return hashlib.blake2b(text.encode(), digest_size=20).hexdigest()

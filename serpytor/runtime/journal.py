@@ -21,10 +21,13 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from ..errors import SerpytorError
 
@@ -57,69 +60,96 @@ class JournalRecord:
 
 
 class Journal:
-    """Opens (or creates) ``directory/journal.sqlite3``."""
+    """Opens (or creates) ``directory/journal.sqlite3``.
+
+    Records are written by a thread of their own, on a connection of its own: SQLite
+    releases the GIL while it writes, and a commit can wait for the disk (a WAL
+    checkpoint syncs), so the thread that records never waits for either. Until a
+    record is committed, :meth:`lookup` finds it among the pending ones."""
 
     BATCH_SECONDS = 0.05
 
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
+        self.path = self.directory / "journal.sqlite3"
+        self.db = _connect(self.path, "open")
         try:
-            self.db = sqlite3.connect(self.directory / "journal.sqlite3", timeout=30,
-                                      isolation_level=None, check_same_thread=False)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(SCHEMA)
         except sqlite3.DatabaseError as error:
             raise JournalError(f"cannot open the journal in {self.directory}: {error}") from None
         self.pending: dict[str, tuple] = {}  # key -> row, not yet committed
-        self.last_commit = time.monotonic()
         # runs before each commit: the stored outputs the records point to come first
         self.before_commit: list[Any] = []
         self.known: dict[str, set[str]] = {}  # pipeline -> keys recorded when first asked
+        self._lock = threading.Lock()  # pending, known and the writer's queue
+        self._writer: _Writer | None = None
 
     def lookup(self, key: str, pipeline: str | None = None) -> JournalRecord | None:
         """The record of ``key``. With ``pipeline``, the journal's keys of that pipeline
         are read once, so a key never recorded costs no query."""
-        if key in self.pending:
-            return _record(self.pending[key])
+        row = self.pending.get(key)
+        if row is not None:
+            return _record(row)
         if pipeline is not None and key not in self._known_keys(pipeline):
             return None
         row = self.db.execute("SELECT * FROM vertices WHERE key = ?", (key,)).fetchone()
         return _record(row) if row else None
 
     def _known_keys(self, pipeline: str) -> set[str]:
-        if pipeline not in self.known:
-            rows = self.db.execute("SELECT key FROM vertices WHERE pipeline = ?", (pipeline,))
-            self.known[pipeline] = {key for (key,) in rows}
-        return self.known[pipeline]
+        with self._lock:  # the writer adds what it commits once the set exists
+            if pipeline not in self.known:
+                rows = self.db.execute("SELECT key FROM vertices WHERE pipeline = ?",
+                                       (pipeline,))
+                self.known[pipeline] = {key for (key,) in rows}
+            return self.known[pipeline]
 
     def record(self, key: str, pipeline: str, vertex: str, parts: dict[str, str],
                output: str, output_digest: str, published: dict[str, Any],
                seconds: float) -> None:
-        self.pending[key] = (key, pipeline, vertex, _parts_json(parts), output, output_digest,
-                             json.dumps(published) if published else "{}", seconds,
-                             time.time())
-        if time.monotonic() - self.last_commit >= self.BATCH_SECONDS:
-            self.flush()
+        # orjson: this runs once per recorded vertex; published facts are JSON data
+        # (serpytor.runtime.protocol.json_data_problem), so orjson encodes them all
+        row = (key, pipeline, vertex, orjson.dumps(parts).decode(), output, output_digest,
+               orjson.dumps(published).decode() if published else "{}", seconds,
+               time.time())
+        if self._writer is None:
+            self._writer = _Writer(self)
+        with self._lock:
+            self.pending[key] = row
+            self._writer.queue.append(row)
+        self._writer.check()
 
     def flush(self) -> None:
-        if not self.pending:
-            return
-        for hook in self.before_commit:
-            hook()
+        """Commit every record made so far (JournalError if that fails)."""
+        if self._writer is not None:
+            self._writer.wait_written()
+
+    def _write(self, db: sqlite3.Connection, rows: list[tuple]) -> None:
+        """The writer's commit of ``rows``, after the outputs they point to."""
         try:
-            with self.db:
-                self.db.execute("BEGIN")
-                self.db.executemany("INSERT OR REPLACE INTO vertices VALUES "
-                                    "(?, ?, ?, ?, ?, ?, ?, ?, ?)", self.pending.values())
-        except sqlite3.DatabaseError as error:
-            raise JournalError(f"cannot write the journal in {self.directory}: {error}") from None
-        for key, row in self.pending.items():
-            if row[1] in self.known:
-                self.known[row[1]].add(key)
-        self.pending.clear()
-        self.last_commit = time.monotonic()
+            for hook in self.before_commit:
+                hook()
+            with db:
+                db.execute("BEGIN")
+                db.executemany("INSERT OR REPLACE INTO vertices VALUES "
+                               "(?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        except BaseException as error:
+            self._settle(rows, committed=False)  # not recorded: lookups must not see them
+            if isinstance(error, sqlite3.DatabaseError):
+                raise JournalError(f"cannot write the journal in {self.directory}: "
+                                   f"{error}") from None
+            raise
+        self._settle(rows, committed=True)
+
+    def _settle(self, rows: list[tuple], committed: bool) -> None:
+        """Rows the writer is done with leave the pending ones (unless recorded again
+        meanwhile); committed ones join the known keys."""
+        with self._lock:
+            for row in rows:
+                if committed and row[1] in self.known:
+                    self.known[row[1]].add(row[0])
+                if self.pending.get(row[0]) is row:
+                    del self.pending[row[0]]
 
     def latest(self, pipeline: str, vertex: str) -> JournalRecord | None:
         """The most recent record of a vertex (any key), for explanations."""
@@ -129,8 +159,11 @@ class Journal:
         return _record(row) if row else None
 
     def close(self) -> None:
-        self.flush()
-        self.db.close()
+        try:
+            if self._writer is not None:
+                self._writer.stop()
+        finally:
+            self.db.close()
 
     def __enter__(self) -> "Journal":
         return self
@@ -139,13 +172,77 @@ class Journal:
         self.close()
 
 
-def _parts_json(parts: dict[str, str]) -> str:
-    """``json.dumps(parts)``, the fast way when no value needs escaping (the parts are
-    digests and names, so almost always): this runs once per recorded vertex."""
-    text = "|".join(parts.values())
-    if '"' in text or "\\" in text or not text.isprintable():
-        return json.dumps(parts)
-    return "{" + ", ".join([f'"{k}": "{v}"' for k, v in parts.items()]) + "}"
+class _Writer:
+    """The journal's writer thread: commits what was recorded every BATCH_SECONDS."""
+
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+        self.queue: list[tuple] = []  # recorded, not yet taken (journal._lock)
+        self.wake = threading.Condition(journal._lock)
+        self.taken = 0      # rows taken from the queue so far
+        self.written = 0    # rows of those committed (or failed: see error)
+        self.error: BaseException | None = None
+        self.stopping = False
+        self.urgent = False  # someone waits for what was recorded
+        self.db = _connect(journal.path, "write")
+        self.thread = threading.Thread(target=self._run, name="serpytor-journal",
+                                       daemon=True)
+        self.thread.start()
+
+    def check(self) -> None:
+        """Raise the error that stopped the writer, once."""
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+
+    def wait_written(self) -> None:
+        with self.wake:
+            target = self.taken + len(self.queue)
+            self.urgent = True
+            self.wake.notify_all()
+            while self.written < target and self.thread.is_alive():
+                self.wake.wait(1.0)
+        self.check()
+
+    def stop(self) -> None:
+        try:
+            self.wait_written()
+        finally:
+            with self.wake:
+                self.stopping = True
+                self.wake.notify_all()
+            self.thread.join()
+            self.db.close()
+
+    def _run(self) -> None:
+        while True:
+            with self.wake:
+                due = time.monotonic() + self.journal.BATCH_SECONDS
+                while not (self.stopping or self.urgent) and time.monotonic() < due:
+                    self.wake.wait(due - time.monotonic())
+                if self.stopping and not self.queue:
+                    return
+                self.urgent = False
+                rows, self.queue = self.queue, []
+                self.taken += len(rows)
+            try:
+                if rows:
+                    self.journal._write(self.db, rows)
+            except BaseException as error:  # noqa: BLE001 - raised in the recording thread
+                self.error = error
+            with self.wake:
+                self.written += len(rows)
+                self.wake.notify_all()
+
+
+def _connect(path: Path, doing: str) -> sqlite3.Connection:
+    try:
+        db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        return db
+    except sqlite3.DatabaseError as error:
+        raise JournalError(f"cannot {doing} the journal in {path.parent}: {error}") from None
 
 
 def _record(row: tuple) -> JournalRecord:

@@ -5,16 +5,18 @@ microseconds on many file systems), and so does committing a database transactio
 a journal that stored every output as a file (or a row) of its own would make durable
 execution several times slower than running without it. Outputs below ``PACK_LIMIT``
 bytes therefore go into a *pack*: a file that only the process that created it
-appends to (one ``write`` per output), so writers never wait for each other, while any
-process may read it. Larger outputs stay ``file`` channels.
+appends to (one ``write`` per reported batch), so writers never wait for each other,
+while any process may read it. Larger outputs stay ``file`` channels.
 
-Each output is the item as a channel frame (:mod:`serpytor.runtime.channels.framing`:
-crc-checked head, 64-byte aligned buffers) at an offset of the pack, named
-``outputs/packs/NAME.pack#OFFSET+LENGTH``; the journal records that name and the
-frame's digest, which is checked before the output is reused. A frame is in the page
-cache once ``write`` returns, so it survives the process; a job that asks for
-durability (``--durable``) fsyncs the pack before the outputs are reported. A record is
-written to the journal only after its output, so a torn tail (a process killed while
+Each output is a record at an offset of the pack: the item's pickle when it has no
+out-of-band buffers (most small outputs), else the item as a channel frame
+(:mod:`serpytor.runtime.channels.framing`: crc-checked head, 64-byte aligned buffers),
+named ``outputs/packs/NAME.pack#OFFSET+LENGTH``; the journal records that name and the
+record's digest, which is checked before the output is reused. Records are written
+when the store commits, before the outputs are reported; a record is in the page cache
+once ``write`` returns, so it survives the process; a job that asks for durability
+(``--durable``) fsyncs the pack before the outputs are reported. A record is written
+to the journal only after its output, so a torn tail (a process killed while
 appending) is never pointed to.
 """
 
@@ -34,14 +36,20 @@ PACK_LIMIT = 64 * 1024
 WRITE_AT = 1 << 20  # put outputs are written at the next commit, or once this many bytes wait
 SUFFIX = ".pack"
 SEPARATOR = "#"
+PICKLE_START = b"\x80"
 
 
 class PackError(Exception):
     """A packed output is missing or damaged; the store reports it as an OutputError."""
 
 
-def frame_bytes(header: bytes, buffers: list[Any]) -> bytearray:
-    """One serialized item as a single frame (head, padding, aligned buffers)."""
+def record_bytes(header: bytes, buffers: list[Any]) -> bytes | bytearray:
+    """One serialized item as a pack record: a pickle without out-of-band buffers (the
+    usual small output) is its own record; anything else is a frame (head, padding,
+    aligned buffers). The two cannot be confused: a pickle starts with PROTO (0x80), a
+    frame with its magic."""
+    if not buffers and header[:1] == PICKLE_START:
+        return header
     views = [byte_view(b) for b in buffers]
     layout = layout_frame(bytes(header), [v.nbytes for v in views])
     data = bytearray(layout.frame_len)
@@ -52,8 +60,11 @@ def frame_bytes(header: bytes, buffers: list[Any]) -> bytearray:
 
 
 def unframe(data: bytes) -> tuple[memoryview, list[memoryview]]:
-    """Inverse of :func:`frame_bytes`; FrameError when damaged."""
+    """Inverse of :func:`record_bytes`: ``(header, buffers)``; FrameError when damaged
+    (the record's digest, checked before, catches the rest)."""
     view = memoryview(data)
+    if view[:1] == PICKLE_START:
+        return view, []
     prelude = decode_prelude(view)
     if prelude.frame_len != len(view):
         raise FrameError(f"frame of {prelude.frame_len} bytes in a row of {len(view)}")

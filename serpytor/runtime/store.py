@@ -17,16 +17,15 @@ output is reused.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..compiler.kinds import ChannelKind
 from ..errors import SerpytorError
 from .channels import (ChannelDescriptor, ChannelError, ChannelExistsError, EndOfChannel,
                        FileReader, FileWriter, content_digest, get_serializer)
 from .channels.framing import FrameError
-from .packs import (PACK_LIMIT, OutputPack, PackError, PackReader, digest_of, frame_bytes,
+from .packs import (PACK_LIMIT, OutputPack, PackError, PackReader, digest_of, record_bytes,
                     split_name, unframe)
 
 SERIALIZER = get_serializer("pickle")
@@ -39,9 +38,9 @@ class OutputError(SerpytorError):
     missing file)."""
 
 
-@dataclass(frozen=True)
-class StoredFile:
-    """Where a stored output is, relative to the journal directory."""
+class StoredFile(NamedTuple):
+    """Where a stored output is, relative to the journal directory (a tuple: one is
+    made per stored output)."""
 
     path: str
     digest: str
@@ -68,9 +67,10 @@ class OutputStore:
 
     def put_serialized(self, key: str, vertex: str, header: bytes,
                        buffers: list[Any]) -> StoredFile:
-        size = len(header) + sum(memoryview(b).nbytes for b in buffers)
+        size = len(header) + sum([memoryview(b).nbytes for b in buffers]) if buffers \
+            else len(header)
         if self.pack is not None and size < self.pack_limit:
-            data = frame_bytes(header, buffers)
+            data = record_bytes(header, buffers)
             try:
                 name = self.pack.put(key, data)
             except OSError as error:  # a full disk, a read-only store
@@ -96,6 +96,12 @@ class OutputStore:
             if self.pack is not None:
                 self.pack.close()
             self.packs.close()
+
+    def __enter__(self) -> "OutputStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _put_file(self, key: str, vertex: str, header: bytes,
                   buffers: list[Any]) -> StoredFile:

@@ -131,7 +131,8 @@ class OutputTable:
 
 def encoded_size(encoded: tuple[bytes, list[Any]]) -> int:
     header, buffers = encoded
-    return len(header) + sum(memoryview(b).nbytes for b in buffers)
+    return len(header) + sum([memoryview(b).nbytes for b in buffers]) if buffers \
+        else len(header)
 
 
 def choose_transfer(hint: ChannelKind, together: bool, nbytes: int) -> str:

@@ -1,0 +1,234 @@
+"""The output store and the journal underneath durable execution: pack records (a
+pickle, or a frame when the value has out-of-band buffers) that outlive their process
+once the store commits; journal records committed by a writer thread and found by
+lookups before and after their commit; journal keys in the form journals already
+hold."""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from serpytor.runtime.identity import inputs_text, vertex_key
+from serpytor.runtime.journal import Journal
+from serpytor.runtime.packs import PACK_LIMIT, WRITE_AT, split_name
+from serpytor.runtime.store import OutputError, OutputStore
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def record_of(store: OutputStore, path: str) -> bytes:
+    """The bytes of one pack record, read straight from the file."""
+    pack, offset, length = split_name(path)
+    with open(store.root.parent / pack, "rb") as file:
+        file.seek(offset)
+        return file.read(length)
+
+
+# ---- pack records ------------------------------------------------------------------------
+@pytest.mark.parametrize("value", [7, "text", {"a": [1, 2.5, None]}, b"small bytes"])
+def test_a_small_value_is_stored_as_its_pickle(tmp_path, value):
+    with OutputStore(tmp_path) as store:
+        stored = store.put("k", "v", value)
+        store.commit()
+        data = record_of(store, stored.path)
+        assert data[:1] == b"\x80" and pickle.loads(data) == value
+        assert stored.size == len(data)
+        assert store.get(stored.path, stored.digest) == value
+
+
+def test_a_value_with_buffers_is_stored_as_a_frame(tmp_path):
+    array = np.arange(2000, dtype=np.float64)  # 16 kB: out of band, under PACK_LIMIT
+    with OutputStore(tmp_path) as store:
+        stored = store.put("k", "v", array)
+        store.commit()
+        assert record_of(store, stored.path)[:4] == b"SPTF"
+        np.testing.assert_array_equal(store.get(stored.path, stored.digest), array)
+
+
+@pytest.mark.parametrize("value", [12345, np.ones(1000)], ids=["pickle", "frame"])
+def test_a_damaged_record_is_an_output_error(tmp_path, value):
+    with OutputStore(tmp_path) as store:
+        stored = store.put("k", "v", value)
+        store.commit()
+        pack, offset, length = split_name(stored.path)
+        with open(store.root.parent / pack, "r+b") as file:
+            file.seek(offset + length - 1)
+            last = file.read(1)
+            file.seek(offset + length - 1)
+            file.write(bytes([last[0] ^ 0xFF]))
+        with pytest.raises(OutputError, match="damaged"):
+            store.get(stored.path, stored.digest)
+
+
+def test_equal_values_have_equal_digests_wherever_stored(tmp_path):
+    """A digest names the value, not where it is: a child's key is the same when its
+    parent re-runs and produces the same output."""
+    with OutputStore(tmp_path / "a") as one, OutputStore(tmp_path / "b") as other:
+        first, second = one.put("k1", "v", [1, 2, 3]), other.put("k2", "v", [1, 2, 3])
+        one.commit()
+        other.commit()
+        assert first.digest == second.digest and first.path != second.path
+        assert one.put("k3", "v", [1, 2, 4]).digest != first.digest
+
+
+def test_a_pack_holds_more_than_one_write_of_records(tmp_path):
+    """Records wait for the commit, or are written once WRITE_AT bytes wait; either
+    way each is found at its own offset, and after close by another store."""
+    store = OutputStore(tmp_path)
+    values = [bytes([i]) * (PACK_LIMIT // 2) for i in range(3 * WRITE_AT // PACK_LIMIT)]
+    stored = [store.put(f"k{i}", "v", value) for i, value in enumerate(values)]
+    store.commit()
+    assert [store.get(s.path, s.digest) for s in stored] == values
+    store.close()
+    assert store.pack.path.stat().st_size == sum(s.size for s in stored)
+    with OutputStore(tmp_path) as reopened:
+        assert reopened.get(stored[-1].path, stored[-1].digest) == values[-1]
+
+
+WRITE_THEN_DIE = textwrap.dedent("""
+    import os, signal, sys
+    sys.path.insert(0, {root!r})
+    from serpytor.runtime.store import OutputStore
+    store = OutputStore({directory!r})
+    stored = store.put("k", "v", {{"written by": os.getpid()}})
+    store.commit()  # what a server does before it reports the output
+    print(stored.path, stored.digest, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)  # no close
+""")
+
+
+def test_a_committed_record_outlives_a_process_killed_right_after(tmp_path):
+    """What a server reports as stored is in the file even if it dies at once."""
+    child = subprocess.run(
+        [sys.executable, "-c", WRITE_THEN_DIE.format(root=str(ROOT), directory=str(tmp_path))],
+        capture_output=True, text=True, timeout=60)
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    path, digest = child.stdout.split()
+    with OutputStore(tmp_path) as reader:
+        assert reader.exists(path)
+        value = reader.get(path, digest)
+    assert set(value) == {"written by"}
+
+
+def test_outputs_that_cannot_be_written_fail_at_commit_naming_the_store(tmp_path):
+    """Small outputs are appended to a pack when the store commits (before they are
+    reported); a pack that cannot be written is an OutputError naming it, and what
+    was committed before stays readable."""
+    store = OutputStore(tmp_path)
+    kept = store.put("k1", "a", [1, 2, 3])
+    store.commit()
+    assert store.get(kept.path, kept.digest) == [1, 2, 3]
+    store.close()
+
+    blocked = tmp_path / "blocked"
+    (blocked / "outputs").mkdir(parents=True)
+    (blocked / "outputs" / "packs").write_text("a file where the packs would go")
+    store = OutputStore(blocked)
+    store.put("k2", "b", "value")
+    with pytest.raises(OutputError) as caught:
+        store.commit()
+    assert "packs" in str(caught.value)
+    store.close()
+
+
+# ---- the journal -------------------------------------------------------------------------
+def record(journal: Journal, key: str, vertex: str = "v", output: str = "out") -> None:
+    journal.record(key, "pipe", vertex, {"function": "f", "inputs": "i", "vertex": vertex},
+                   output, "digest-" + key, {"fact": 1}, 0.5)
+
+
+def committed_keys(directory: Path) -> set[str]:
+    connection = sqlite3.connect(directory / "journal.sqlite3")
+    try:
+        return {key for (key,) in connection.execute("SELECT key FROM vertices")}
+    finally:
+        connection.close()
+
+
+def test_a_record_is_found_before_and_after_its_commit(tmp_path):
+    journal = Journal(tmp_path)
+    journal.BATCH_SECONDS = 60.0  # nothing is committed until flush
+    record(journal, "k1")
+    found = journal.lookup("k1", "pipe")
+    assert found is not None and found.output_digest == "digest-k1"
+    assert found.published == {"fact": 1} and found.parts["vertex"] == "v"
+    assert "k1" not in committed_keys(tmp_path)
+    journal.flush()
+    assert "k1" in committed_keys(tmp_path)
+    assert journal.lookup("k1", "pipe") == found
+    assert journal.lookup("k2", "pipe") is None
+    journal.close()
+
+
+def test_close_commits_every_record(tmp_path):
+    journal = Journal(tmp_path)
+    keys = [f"k{i}" for i in range(2000)]
+    for key in keys:
+        record(journal, key)
+    journal.close()
+    assert committed_keys(tmp_path) == set(keys)
+    with Journal(tmp_path) as reopened:
+        assert reopened.lookup("k1999", "pipe").output == "out"
+
+
+def test_a_key_recorded_again_keeps_its_latest_record(tmp_path):
+    journal = Journal(tmp_path)
+    record(journal, "k", output="first")
+    journal.flush()
+    record(journal, "k", output="second")
+    assert journal.lookup("k", "pipe").output == "second"
+    journal.close()
+    with Journal(tmp_path) as reopened:
+        assert reopened.lookup("k", "pipe").output == "second"
+
+
+def test_a_failed_commit_is_raised_where_records_are_made(tmp_path):
+    """The writer thread's failure (here, the outputs' store) reaches the thread that
+    records: the run fails with it instead of losing records silently."""
+    journal = Journal(tmp_path)
+
+    def failing_store() -> None:
+        raise OutputError("cannot store outputs in /nowhere")
+
+    journal.before_commit.append(failing_store)
+    record(journal, "k1")
+    with pytest.raises(OutputError, match="/nowhere"):
+        journal.flush()
+    assert "k1" not in committed_keys(tmp_path)
+    assert journal.lookup("k1", "pipe") is None  # not recorded: the vertex runs again
+    journal.before_commit.clear()
+    record(journal, "k2")
+    journal.close()
+    assert committed_keys(tmp_path) == {"k2"}
+
+
+# ---- keys --------------------------------------------------------------------------------
+part = st.text(st.characters(blacklist_categories=["Cs"]), max_size=30)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.fixed_dictionaries({name: part for name in
+                              ("function", "arguments", "inputs", "context", "vertex")}))
+def test_keys_keep_the_form_recorded_journals_hold(parts):
+    """``name=part`` for each part in name order, joined by ``|``, BLAKE2b-160: a
+    journal written by an earlier version stays reusable."""
+    text = "|".join(f"{name}={parts[name]}" for name in sorted(parts))
+    assert vertex_key(parts) == hashlib.blake2b(text.encode(), digest_size=20).hexdigest()
+
+
+def test_the_inputs_part_follows_partition_order():
+    assert inputs_text([("a[0]", "d0"), ("a[1]", "d1")]) == "a[0]=d0;a[1]=d1"
+    assert inputs_text([("a[1]", "d1"), ("a[0]", "d0")]) != inputs_text(
+        [("a[0]", "d0"), ("a[1]", "d1")])
