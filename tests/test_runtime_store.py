@@ -194,6 +194,63 @@ def test_a_key_recorded_again_keeps_its_latest_record(tmp_path):
         assert reopened.lookup("k", "pipe").output == "second"
 
 
+def rows_of(directory: Path, key: str) -> int:
+    connection = sqlite3.connect(directory / "journal.sqlite3")
+    try:
+        return connection.execute("SELECT count(*) FROM vertices WHERE key = ?",
+                                  (key,)).fetchone()[0]
+    finally:
+        connection.close()
+
+
+def test_a_key_recorded_again_without_reading_the_journal_is_compacted_later(tmp_path):
+    """A --fresh run records without reading what the journal holds; the next run
+    that reads the pipeline finds the latest record of each key, and its commit
+    removes the older rows."""
+    for output in ("first", "second"):  # two fresh runs
+        with Journal(tmp_path) as journal:
+            record(journal, "k", output=output)
+            record(journal, f"only-{output}")
+    assert rows_of(tmp_path, "k") == 2
+    with Journal(tmp_path) as journal:
+        assert journal.lookup("k", "pipe").output == "second"
+        assert journal.lookup("only-first", "pipe").output == "out"
+        record(journal, "another")
+    assert rows_of(tmp_path, "k") == 1
+    with Journal(tmp_path) as journal:
+        assert journal.lookup("k", "pipe").output == "second"
+
+
+OLD_SCHEMA = """
+CREATE TABLE vertices (
+    key TEXT PRIMARY KEY, pipeline TEXT NOT NULL, vertex TEXT NOT NULL,
+    parts TEXT NOT NULL, output TEXT NOT NULL, output_digest TEXT NOT NULL,
+    published TEXT NOT NULL, seconds REAL NOT NULL, finished REAL NOT NULL
+);
+CREATE INDEX vertices_by_name ON vertices (pipeline, vertex, finished);
+"""
+
+
+def test_a_journal_with_a_unique_key_column_is_read_and_written(tmp_path):
+    """Journals made before the table lost its unique key keep working."""
+    connection = sqlite3.connect(tmp_path / "journal.sqlite3")
+    connection.executescript(OLD_SCHEMA)
+    connection.execute("INSERT INTO vertices VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       ("k", "pipe", "v", '{"vertex": "v"}', "old", "d", "{}", 1.0, 1.0))
+    connection.commit()
+    connection.close()
+    with Journal(tmp_path) as fresh:  # recorded again without reading first
+        record(fresh, "k", output="new")
+    assert rows_of(tmp_path, "k") == 1
+    with Journal(tmp_path) as journal:
+        assert journal.lookup("k", "pipe").output == "new"
+        record(journal, "k", output="newer")
+        journal.flush()
+        assert journal.lookup("k", "pipe").output == "newer"
+        assert journal.latest("pipe", "v").output == "newer"
+    assert rows_of(tmp_path, "k") == 1
+
+
 def test_a_failed_commit_is_raised_where_records_are_made(tmp_path):
     """The writer thread's failure (here, the outputs' store) reaches the thread that
     records: the run fails with it instead of losing records silently."""

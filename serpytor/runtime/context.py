@@ -158,6 +158,8 @@ class ContextTracker:
         self.any_published = False
         # static facts are the same for every vertex with the same context and origins
         self.static_cache: dict[tuple[int, bytes], list[tuple[ContextFact, int]]] = {}
+        self._vertex_ids: tuple[list[int], list[int]] | None = None  # context, node
+        self._reach_bytes: dict[int, bytes] = {}  # per context node, for static_key
 
     # -- published state per context node ----------------------------------------------
     @property
@@ -198,9 +200,16 @@ class ContextTracker:
         or None when published facts make its context its own."""
         if self.published_reach(vertex):
             return None
-        plan = self.plan
-        row = plan.arrays["node_reach"][int(plan.arrays["vertex_node"][vertex])]
-        return int(plan.arrays["vertex_context"][vertex]), row.tobytes()
+        if self._vertex_ids is None:  # lists: a key is asked for every journaled vertex
+            arrays = self.plan.arrays
+            self._vertex_ids = (arrays["vertex_context"].tolist(),
+                                arrays["vertex_node"].tolist())
+        contexts, nodes = self._vertex_ids
+        node = nodes[vertex]
+        reach = self._reach_bytes.get(node)
+        if reach is None:
+            reach = self._reach_bytes[node] = self.plan.arrays["node_reach"][node].tobytes()
+        return contexts[vertex], reach
 
     # -- the context a vertex sees ----------------------------------------------------
     def context_for(self, vertex: int, on_publish=None) -> Context:

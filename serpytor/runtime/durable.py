@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from ..compiler.kinds import VertexFlag
 from ..compiler.plan import Plan
-from .identity import KeyMaker, inputs_text, vertex_key
+from .identity import KeyMaker, input_entry, vertex_key
 from .journal import Journal, JournalRecord
 from .store import OutputStore
 
@@ -34,7 +34,9 @@ class Durability:
         self.journal = journal
         self.store = store
         self.fresh = fresh
-        self.digests: dict[int, str] = {}
+        # per vertex whose output is known: ``name=digest``, its share of a child's
+        # inputs part (serpytor.runtime.identity.inputs_text)
+        self.inputs_of: dict[int, str] = {}
         self.keys: dict[int, tuple[str, dict[str, str]]] = {}
         self.key_maker = KeyMaker(plan)
         self.names: dict[int, str] = {}  # vertex names asked for, each built once
@@ -63,10 +65,11 @@ class Durability:
         names the vertex's static context (see :meth:`ContextTracker.static_key`)."""
         if not self.enabled:
             return None
-        name, digests = self.name, self.digests
-        inputs = inputs_text([(name(p), digests[p]) for p in
-                              self.pred_idx[self.pred_ptr[vertex]:self.pred_ptr[vertex + 1]]])
-        parts = self.key_maker.parts(vertex, inputs, context_facts, context_key, name(vertex))
+        of = self.inputs_of
+        inputs = ";".join([of[p] for p in  # inputs_text, from each parent's entry
+                           self.pred_idx[self.pred_ptr[vertex]:self.pred_ptr[vertex + 1]]])
+        parts = self.key_maker.parts(vertex, inputs, context_facts, context_key,
+                                     self.name(vertex))
         key = vertex_key(parts)
         self.keys[vertex] = (key, parts)
         if self.fresh or self._volatile(vertex):
@@ -74,8 +77,11 @@ class Durability:
         record = self.journal.lookup(key, self.pipeline)
         if record is None or not self.store.exists(record.output):
             return None
-        self.digests[vertex] = record.output_digest
+        self._known(vertex, record.output_digest)
         return record
+
+    def _known(self, vertex: int, digest: str) -> None:
+        self.inputs_of[vertex] = input_entry(self.name(vertex), digest)
 
     def _volatile(self, vertex: int) -> bool:
         if self.volatile is None:
@@ -89,7 +95,7 @@ class Durability:
         key, parts = self.keys[vertex]
         name = self.name(vertex)
         stored = self.store.put(key, name, value)
-        self.digests[vertex] = stored.digest
+        self._known(vertex, stored.digest)
         self.journal.record(key, self.pipeline, name, parts, stored.path, stored.digest,
                             published, seconds)
 
@@ -99,7 +105,7 @@ class Durability:
         if not self.enabled:
             return
         key, parts = self.keys[vertex]
-        self.digests[vertex] = digest
+        self._known(vertex, digest)
         self.journal.record(key, self.pipeline, self.name(vertex), parts, path, digest,
                             published, seconds)
 

@@ -119,9 +119,15 @@ class KeyMaker:
         return value
 
 
+def input_entry(name: str, output_digest: str) -> str:
+    """One parent's share of the ``inputs`` part."""
+    return f"{name}={output_digest}"
+
+
 def inputs_text(inputs: Iterable[tuple[str, str]]) -> str:
-    """What the ``inputs`` part digests: each parent's name and output digest."""
-    return ";".join([f"{name}={output}" for name, output in inputs])
+    """What the ``inputs`` part digests: each parent's name and output digest, in
+    partition order."""
+    return ";".join([input_entry(name, output) for name, output in inputs])
 
 
 def vertex_key(parts: Mapping[str, str]) -> str:

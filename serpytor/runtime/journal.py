@@ -1,8 +1,8 @@
 """The durable journal: every finished vertex, in SQLite (WAL), under its key.
 
-Schema (one table)::
+Schema (one table, rows in the order they were recorded, indexed by pipeline only)::
 
-    vertices(key TEXT PRIMARY KEY,   -- serpytor.runtime.identity.vertex_key
+    vertices(key TEXT,               -- serpytor.runtime.identity.vertex_key
              pipeline TEXT, vertex TEXT,
              parts TEXT,              -- JSON: the key's parts, for `serpytor explain`
              output TEXT,             -- path of the stored output, relative to the journal
@@ -14,7 +14,9 @@ A vertex is recorded only after its output is stored (written to a temporary nam
 then renamed; fsync'd when the run asks for durability), so a record always points to
 a whole output. A record whose output file has gone is ignored. Records are committed
 in small batches: a crash loses at most the last batch's records (those vertices run
-again), never an output a record points to.
+again), never an output a record points to. A key recorded again replaces its earlier
+row; the earlier rows of keys a ``--fresh`` run recorded again are found when the
+pipeline's rows are next read, and removed by the next commit.
 """
 
 from __future__ import annotations
@@ -33,11 +35,11 @@ from ..errors import SerpytorError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS vertices (
-    key TEXT PRIMARY KEY, pipeline TEXT NOT NULL, vertex TEXT NOT NULL,
+    key TEXT NOT NULL, pipeline TEXT NOT NULL, vertex TEXT NOT NULL,
     parts TEXT NOT NULL, output TEXT NOT NULL, output_digest TEXT NOT NULL,
     published TEXT NOT NULL, seconds REAL NOT NULL, finished REAL NOT NULL
 );
-CREATE INDEX IF NOT EXISTS vertices_by_name ON vertices (pipeline, vertex, finished);
+CREATE INDEX IF NOT EXISTS vertices_by_pipeline ON vertices (pipeline);
 """
 
 
@@ -81,28 +83,39 @@ class Journal:
         self.pending: dict[str, tuple] = {}  # key -> row, not yet committed
         # runs before each commit: the stored outputs the records point to come first
         self.before_commit: list[Any] = []
-        self.known: dict[str, set[str]] = {}  # pipeline -> keys recorded when first asked
-        self._lock = threading.Lock()  # pending, known and the writer's queue
+        self.rowids: dict[str, int] = {}  # key -> its latest row, for keys read or written
+        self.loaded: set[str] = set()     # pipelines whose rows were read into rowids
+        self.superseded: list[int] = []   # rows of keys recorded again: deleted next commit
+        self._lock = threading.Lock()  # pending, rowids, superseded and the writer's queue
         self._writer: _Writer | None = None
 
-    def lookup(self, key: str, pipeline: str | None = None) -> JournalRecord | None:
-        """The record of ``key``. With ``pipeline``, the journal's keys of that pipeline
-        are read once, so a key never recorded costs no query."""
+    def lookup(self, key: str, pipeline: str) -> JournalRecord | None:
+        """The record of ``key``. The journal's rows of ``pipeline`` are read once, so a
+        key never recorded costs no query."""
         row = self.pending.get(key)
         if row is not None:
             return _record(row)
-        if pipeline is not None and key not in self._known_keys(pipeline):
+        self._load(pipeline)
+        rowid = self.rowids.get(key)
+        if rowid is None:
             return None
-        row = self.db.execute("SELECT * FROM vertices WHERE key = ?", (key,)).fetchone()
-        return _record(row) if row else None
+        row = self.db.execute("SELECT * FROM vertices WHERE rowid = ?", (rowid,)).fetchone()
+        return _record(row) if row and row[0] == key else None
 
-    def _known_keys(self, pipeline: str) -> set[str]:
-        with self._lock:  # the writer adds what it commits once the set exists
-            if pipeline not in self.known:
-                rows = self.db.execute("SELECT key FROM vertices WHERE pipeline = ?",
-                                       (pipeline,))
-                self.known[pipeline] = {key for (key,) in rows}
-            return self.known[pipeline]
+    def _load(self, pipeline: str) -> None:
+        """Read which row holds each key of ``pipeline``: the latest, when a key was
+        recorded more than once (the others are deleted with the next commit)."""
+        with self._lock:
+            if pipeline in self.loaded:
+                return
+            rows = self.db.execute("SELECT key, rowid FROM vertices WHERE pipeline = ? "
+                                   "ORDER BY rowid", (pipeline,))
+            for key, rowid in rows:
+                earlier = self.rowids.get(key)
+                if earlier is not None and earlier != rowid:
+                    self.superseded.append(min(earlier, rowid))
+                self.rowids[key] = max(rowid, earlier or rowid)
+            self.loaded.add(pipeline)
 
     def record(self, key: str, pipeline: str, vertex: str, parts: dict[str, str],
                output: str, output_digest: str, published: dict[str, Any],
@@ -125,29 +138,43 @@ class Journal:
             self._writer.wait_written()
 
     def _write(self, db: sqlite3.Connection, rows: list[tuple]) -> None:
-        """The writer's commit of ``rows``, after the outputs they point to."""
+        """The writer's commit of ``rows``, after the outputs they point to. The table
+        has no unique key (inserting into an index of random keys would cost more than
+        the row), so a key recorded again has its earlier row deleted here."""
+        rows = list({row[0]: row for row in rows}.values())  # the last record of a key
+        with self._lock:
+            superseded, self.superseded = self.superseded, []
+            earlier = [self.rowids[row[0]] for row in rows if row[0] in self.rowids]
         try:
             for hook in self.before_commit:
                 hook()
             with db:
                 db.execute("BEGIN")
+                db.executemany("DELETE FROM vertices WHERE rowid = ?",
+                               [(rowid,) for rowid in superseded + earlier])
+                # OR REPLACE: a journal made before has a unique key (and a key never read
+                # here, as in a --fresh run, may be in it)
                 db.executemany("INSERT OR REPLACE INTO vertices VALUES "
                                "(?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                # a row goes after the last one: these rows are the last len(rows)
+                last = db.execute("SELECT max(rowid) FROM vertices").fetchone()[0]
         except BaseException as error:
-            self._settle(rows, committed=False)  # not recorded: lookups must not see them
+            with self._lock:
+                self.superseded[:0] = superseded
+            self._settle(rows, None)  # not recorded: lookups must not see them
             if isinstance(error, sqlite3.DatabaseError):
                 raise JournalError(f"cannot write the journal in {self.directory}: "
                                    f"{error}") from None
             raise
-        self._settle(rows, committed=True)
+        self._settle(rows, last - len(rows) + 1)
 
-    def _settle(self, rows: list[tuple], committed: bool) -> None:
+    def _settle(self, rows: list[tuple], first_rowid: int | None) -> None:
         """Rows the writer is done with leave the pending ones (unless recorded again
-        meanwhile); committed ones join the known keys."""
+        meanwhile); committed ones (from ``first_rowid`` on) are found by rowid."""
         with self._lock:
-            for row in rows:
-                if committed and row[1] in self.known:
-                    self.known[row[1]].add(row[0])
+            for i, row in enumerate(rows):
+                if first_rowid is not None:
+                    self.rowids[row[0]] = first_rowid + i
                 if self.pending.get(row[0]) is row:
                     del self.pending[row[0]]
 
@@ -205,14 +232,15 @@ class _Writer:
         self.check()
 
     def stop(self) -> None:
+        """Commit what is left, then let the thread close its connection on its own:
+        the last connection's close checkpoints the WAL into the database (a copy and
+        two syncs), which no caller needs to wait for."""
         try:
             self.wait_written()
         finally:
             with self.wake:
                 self.stopping = True
                 self.wake.notify_all()
-            self.thread.join()
-            self.db.close()
 
     def _run(self) -> None:
         while True:
@@ -221,7 +249,7 @@ class _Writer:
                 while not (self.stopping or self.urgent) and time.monotonic() < due:
                     self.wake.wait(due - time.monotonic())
                 if self.stopping and not self.queue:
-                    return
+                    break
                 self.urgent = False
                 rows, self.queue = self.queue, []
                 self.taken += len(rows)
@@ -233,6 +261,10 @@ class _Writer:
             with self.wake:
                 self.written += len(rows)
                 self.wake.notify_all()
+        try:
+            self.db.close()
+        except sqlite3.Error:
+            pass  # everything was committed; the next open recovers the WAL
 
 
 def _connect(path: Path, doing: str) -> sqlite3.Connection:

@@ -594,34 +594,34 @@ class Server:
         self.vitals.idle()
         seconds = time.monotonic() - started
         self.stats.tasks += 1
-        self.table.put(job_id, vertex, value)
         result = {"v": vertex, "attempt": task.attempt, "seconds": seconds,
                   "published": context.published, "size": _size_of(value)}
         try:
-            self._keep(job, job_id, task, value, result)
+            encoded = self._keep(job, task, context.vertex, value, result)
         except OutputError as error:
-            self.table.release(job_id, [vertex])
             self._fail(identity, job_id, task, error, "")
             return None
+        self.table.put(job_id, vertex, value, encoded)
         return result
 
-    def _keep(self, job: Job, job_id: str, task: Task, value: Any, result: dict) -> None:
-        """Store the output when it is journaled, or when a file channel leaves it."""
+    def _keep(self, job: Job, task: Task, name: str, value: Any,
+              result: dict) -> tuple[bytes, list[Any]] | None:
+        """Store the output when it is journaled, or when a file channel leaves it; its
+        serialization, kept for transfers (None when nothing is stored)."""
         store = job.store if task.key else job.files if job.writes_file(task.vertex) else None
         if store is None:
-            return
-        name = job.plan.vertex_name(task.vertex)
+            return None
         encoded = serialize(value, name)
         # a file channel is named by vertex; the store picks the next execution version
         stored: StoredFile = store.put_serialized(task.key or f"v{task.vertex}", name,
                                                   *encoded)
-        self.table.keep_encoded(job_id, task.vertex, encoded)
         result["size"] = encoded_size(encoded)
         if task.key:
             result["path"], result["digest"] = stored.path, stored.digest
         else:
             result["file"] = str(store.root.parent / stored.path)
             result["digest"] = stored.digest
+        return encoded
 
     def _input(self, job: Job, job_id: str, source: Source, fetched: Fetched) -> Any:
         if source.vertex in fetched.values:

@@ -89,9 +89,12 @@ class OutputTable:
         self._held: dict[tuple[str, int], Held] = {}
         self._lock = threading.Lock()
 
-    def put(self, job: str, vertex: int, value: Any) -> None:
+    def put(self, job: str, vertex: int, value: Any,
+            encoded: tuple[bytes, list[Any]] | None = None) -> None:
+        """Hold ``value``; ``encoded``, its serialization when one was made anyway (to
+        store the output), serves transfers without serializing again."""
         with self._lock:
-            self._held[(job, vertex)] = Held(value)
+            self._held[(job, vertex)] = Held(value, encoded)
 
     def get(self, job: str, vertex: int) -> Any:
         with self._lock:
@@ -108,11 +111,6 @@ class OutputTable:
         if held.encoded is None:
             held.encoded = SERIALIZER.dumps(held.value)
         return held.encoded
-
-    def keep_encoded(self, job: str, vertex: int, encoded: tuple[bytes, list[Any]]) -> None:
-        """Remember a serialization made anyway (to store the output), for transfers."""
-        with self._lock:
-            self._held[(job, vertex)].encoded = encoded
 
     def release(self, job: str, vertices: list[int]) -> None:
         with self._lock:

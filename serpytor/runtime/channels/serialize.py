@@ -44,6 +44,7 @@ from .errors import ChannelDescriptorError
 
 INBAND_LIMIT = 4096
 _PICKLE_START = 0x80          # every protocol-5 pickle starts with PROTO (0x80)
+_PLAIN = frozenset({int, float, str, bool, type(None), complex})  # never out of band
 _RAW_BYTES, _RAW_BYTEARRAY, _RAW_MEMORYVIEW, _RAW_ARRAY = b"B", b"A", b"M", b"N"
 _NATIVE_FORMATS = frozenset("cbB?hHiIlLqQnNfde")
 
@@ -84,6 +85,8 @@ class PickleSerializer:
     name = "pickle"
 
     def dumps(self, value: Any) -> tuple[bytes, list[Any]]:
+        if type(value) in _PLAIN:  # nothing out of band: the common small output
+            return pickle.dumps(value, protocol=5), []
         raw = _dump_raw(value)
         if raw is not None:
             return raw
