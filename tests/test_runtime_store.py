@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import random
 import signal
 import sqlite3
 import subprocess
@@ -170,6 +171,20 @@ def test_a_record_is_found_before_and_after_its_commit(tmp_path):
     assert journal.lookup("k1", "pipe") == found
     assert journal.lookup("k2", "pipe") is None
     journal.close()
+
+
+def test_every_record_is_found_while_the_writer_commits_around_it(tmp_path):
+    """Batches move from pending to being written to committed while records are
+    made and looked up: no record is missed at any step, none is lost."""
+    journal = Journal(tmp_path)
+    journal.BATCH_SECONDS = 0.0005
+    rng = random.Random(7)
+    for i in range(6000):
+        record(journal, f"k{i}")
+        probe = f"k{rng.randrange(i + 1)}"
+        assert journal.lookup(probe, "pipe") is not None, probe
+    journal.close()
+    assert committed_keys(tmp_path) == {f"k{i}" for i in range(6000)}
 
 
 def test_close_commits_every_record(tmp_path):

@@ -67,7 +67,9 @@ class Journal:
     Records are written by a thread of their own, on a connection of its own: SQLite
     releases the GIL while it writes, and a commit can wait for the disk (a WAL
     checkpoint syncs), so the thread that records never waits for either. Until a
-    record is committed, :meth:`lookup` finds it among the pending ones."""
+    record is committed, :meth:`lookup` finds it among the pending ones. Records move
+    to the writer a whole dictionary at a time, so the writer's own Python work (which
+    holds the GIL the recording thread needs) stays a few steps per batch."""
 
     BATCH_SECONDS = 0.05
 
@@ -80,23 +82,27 @@ class Journal:
             self.db.executescript(SCHEMA)
         except sqlite3.DatabaseError as error:
             raise JournalError(f"cannot open the journal in {self.directory}: {error}") from None
-        self.pending: dict[str, tuple] = {}  # key -> row, not yet committed
+        self.pending: dict[str, tuple] = {}  # key -> row, recorded since the writer took
+        self.writing: dict[str, tuple] = {}  # key -> row, taken, not yet committed
         # runs before each commit: the stored outputs the records point to come first
         self.before_commit: list[Any] = []
         self.rowids: dict[str, int] = {}  # key -> its latest row, for keys read or written
         self.loaded: set[str] = set()     # pipelines whose rows were read into rowids
         self.superseded: list[int] = []   # rows of keys recorded again: deleted next commit
-        self._lock = threading.Lock()  # pending, rowids, superseded and the writer's queue
+        self._lock = threading.Lock()  # the dictionaries above, and the writer's counts
         self._writer: _Writer | None = None
 
     def lookup(self, key: str, pipeline: str) -> JournalRecord | None:
         """The record of ``key``. The journal's rows of ``pipeline`` are read once, so a
         key never recorded costs no query."""
-        row = self.pending.get(key)
+        with self._lock:  # a batch moves from pending to writing to rowids under it
+            row = self.pending.get(key) or self.writing.get(key)
+            rowid = self.rowids.get(key) if pipeline in self.loaded else None
         if row is not None:
             return _record(row)
-        self._load(pipeline)
-        rowid = self.rowids.get(key)
+        if pipeline not in self.loaded:
+            self._load(pipeline)
+            rowid = self.rowids.get(key)
         if rowid is None:
             return None
         row = self.db.execute("SELECT * FROM vertices WHERE rowid = ?", (rowid,)).fetchone()
@@ -127,9 +133,8 @@ class Journal:
                time.time())
         if self._writer is None:
             self._writer = _Writer(self)
-        with self._lock:
+        with self._lock:  # the writer takes pending whole, under the lock
             self.pending[key] = row
-            self._writer.queue.append(row)
         self._writer.check()
 
     def flush(self) -> None:
@@ -137,46 +142,44 @@ class Journal:
         if self._writer is not None:
             self._writer.wait_written()
 
-    def _write(self, db: sqlite3.Connection, rows: list[tuple]) -> None:
+    def _take(self) -> dict[str, tuple]:
+        """The writer's next batch: everything pending (under the lock)."""
+        rows, self.pending = self.pending, {}
+        self.writing = rows
+        return rows
+
+    def _write(self, db: sqlite3.Connection, rows: dict[str, tuple]) -> None:
         """The writer's commit of ``rows``, after the outputs they point to. The table
         has no unique key (inserting into an index of random keys would cost more than
         the row), so a key recorded again has its earlier row deleted here."""
-        rows = list({row[0]: row for row in rows}.values())  # the last record of a key
         with self._lock:
             superseded, self.superseded = self.superseded, []
-            earlier = [self.rowids[row[0]] for row in rows if row[0] in self.rowids]
+            rowids = self.rowids
+            earlier = [(rowids[key],) for key in rows if key in rowids]
         try:
             for hook in self.before_commit:
                 hook()
             with db:
                 db.execute("BEGIN")
                 db.executemany("DELETE FROM vertices WHERE rowid = ?",
-                               [(rowid,) for rowid in superseded + earlier])
+                               [(rowid,) for rowid in superseded] + earlier)
                 # OR REPLACE: a journal made before has a unique key (and a key never read
                 # here, as in a --fresh run, may be in it)
                 db.executemany("INSERT OR REPLACE INTO vertices VALUES "
-                               "(?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                               "(?, ?, ?, ?, ?, ?, ?, ?, ?)", rows.values())
                 # a row goes after the last one: these rows are the last len(rows)
                 last = db.execute("SELECT max(rowid) FROM vertices").fetchone()[0]
         except BaseException as error:
             with self._lock:
                 self.superseded[:0] = superseded
-            self._settle(rows, None)  # not recorded: lookups must not see them
+                self.writing = {}  # not recorded: lookups must not see them
             if isinstance(error, sqlite3.DatabaseError):
                 raise JournalError(f"cannot write the journal in {self.directory}: "
                                    f"{error}") from None
             raise
-        self._settle(rows, last - len(rows) + 1)
-
-    def _settle(self, rows: list[tuple], first_rowid: int | None) -> None:
-        """Rows the writer is done with leave the pending ones (unless recorded again
-        meanwhile); committed ones (from ``first_rowid`` on) are found by rowid."""
         with self._lock:
-            for i, row in enumerate(rows):
-                if first_rowid is not None:
-                    self.rowids[row[0]] = first_rowid + i
-                if self.pending.get(row[0]) is row:
-                    del self.pending[row[0]]
+            rowids.update(zip(rows, range(last - len(rows) + 1, last + 1)))
+            self.writing = {}
 
     def latest(self, pipeline: str, vertex: str) -> JournalRecord | None:
         """The most recent record of a vertex (any key), for explanations."""
@@ -204,10 +207,9 @@ class _Writer:
 
     def __init__(self, journal: Journal) -> None:
         self.journal = journal
-        self.queue: list[tuple] = []  # recorded, not yet taken (journal._lock)
         self.wake = threading.Condition(journal._lock)
-        self.taken = 0      # rows taken from the queue so far
-        self.written = 0    # rows of those committed (or failed: see error)
+        self.taken = 0      # batches taken so far
+        self.written = 0    # batches of those committed (or failed: see error)
         self.error: BaseException | None = None
         self.stopping = False
         self.urgent = False  # someone waits for what was recorded
@@ -224,7 +226,8 @@ class _Writer:
 
     def wait_written(self) -> None:
         with self.wake:
-            target = self.taken + len(self.queue)
+            # the batch being written, and the next one if anything is pending
+            target = self.taken + (1 if self.journal.pending else 0)
             self.urgent = True
             self.wake.notify_all()
             while self.written < target and self.thread.is_alive():
@@ -243,23 +246,24 @@ class _Writer:
                 self.wake.notify_all()
 
     def _run(self) -> None:
+        journal = self.journal
         while True:
             with self.wake:
-                due = time.monotonic() + self.journal.BATCH_SECONDS
+                due = time.monotonic() + journal.BATCH_SECONDS
                 while not (self.stopping or self.urgent) and time.monotonic() < due:
                     self.wake.wait(due - time.monotonic())
-                if self.stopping and not self.queue:
+                if self.stopping and not journal.pending:
                     break
                 self.urgent = False
-                rows, self.queue = self.queue, []
-                self.taken += len(rows)
+                rows = journal._take()
+                self.taken += 1
             try:
                 if rows:
-                    self.journal._write(self.db, rows)
+                    journal._write(self.db, rows)
             except BaseException as error:  # noqa: BLE001 - raised in the recording thread
                 self.error = error
             with self.wake:
-                self.written += len(rows)
+                self.written += 1
                 self.wake.notify_all()
         try:
             self.db.close()
