@@ -243,6 +243,7 @@ def bench_stage_form(workdir: Path, repeats: int, out: dict) -> None:
 CHILD = textwrap.dedent('''\
     import json, os, resource, sys, time
     import numpy, lark, serpytor, serpytor.compiler, serpytor.compiler.plan
+    from benchmarks.machine import reset_peak_rss  # the repository root is on the path
 
     def status_mb(field):
         """VmRSS / VmHWM of this process in MB (None off Linux)."""
@@ -259,21 +260,12 @@ CHILD = textwrap.dedent('''\
         raw = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return raw / 2**20 if sys.platform == "darwin" else raw / 1024.0
 
-    def reset_peak():
-        """Reset VmHWM to the current RSS (Linux >= 4.0); False if not allowed."""
-        try:
-            with open("/proc/self/clear_refs", "w") as refs:
-                refs.write("5")
-            return True
-        except OSError:
-            return False
-
     spg, out = sys.argv[1], sys.argv[2]
     text = open(spg, encoding="utf-8").read()
     linux = status_mb("VmHWM") is not None
     import_peak = status_mb("VmHWM") if linux else ru_maxrss_mb()
     base = status_mb("VmRSS") if linux else ru_maxrss_mb()
-    reset = linux and reset_peak()
+    reset = linux and reset_peak_rss()
     start = time.perf_counter()
     plan = serpytor.compile(text, spg)
     seconds = time.perf_counter() - start

@@ -150,12 +150,17 @@ def record(journal: Journal, key: str, vertex: str = "v", output: str = "out") -
                    output, "digest-" + key, {"fact": 1}, 0.5)
 
 
-def committed_keys(directory: Path) -> set[str]:
+def query(directory: Path, sql: str, *args: object) -> list[tuple]:
+    """Rows of ``sql`` on the journal's database, read on a connection of its own."""
     connection = sqlite3.connect(directory / "journal.sqlite3")
     try:
-        return {key for (key,) in connection.execute("SELECT key FROM vertices")}
+        return connection.execute(sql, args).fetchall()
     finally:
         connection.close()
+
+
+def committed_keys(directory: Path) -> set[str]:
+    return {key for (key,) in query(directory, "SELECT key FROM vertices")}
 
 
 def test_a_record_is_found_before_and_after_its_commit(tmp_path):
@@ -210,12 +215,7 @@ def test_a_key_recorded_again_keeps_its_latest_record(tmp_path):
 
 
 def rows_of(directory: Path, key: str) -> int:
-    connection = sqlite3.connect(directory / "journal.sqlite3")
-    try:
-        return connection.execute("SELECT count(*) FROM vertices WHERE key = ?",
-                                  (key,)).fetchone()[0]
-    finally:
-        connection.close()
+    return query(directory, "SELECT count(*) FROM vertices WHERE key = ?", key)[0][0]
 
 
 def test_a_key_recorded_again_without_reading_the_journal_is_compacted_later(tmp_path):

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from ..compiler.kinds import VertexFlag
 from ..compiler.plan import Plan
-from .identity import KeyMaker, input_entry, vertex_key
+from .identity import KeyMaker, input_entry, joined_inputs, vertex_key
 from .journal import Journal, JournalRecord
 from .store import OutputStore
 
@@ -35,7 +35,7 @@ class Durability:
         self.store = store
         self.fresh = fresh
         # per vertex whose output is known: ``name=digest``, its share of a child's
-        # inputs part (serpytor.runtime.identity.inputs_text)
+        # inputs part (serpytor.runtime.identity.joined_inputs)
         self.inputs_of: dict[int, str] = {}
         self.keys: dict[int, tuple[str, dict[str, str]]] = {}
         self.key_maker = KeyMaker(plan)
@@ -66,8 +66,8 @@ class Durability:
         if not self.enabled:
             return None
         of = self.inputs_of
-        inputs = ";".join([of[p] for p in  # inputs_text, from each parent's entry
-                           self.pred_idx[self.pred_ptr[vertex]:self.pred_ptr[vertex + 1]]])
+        inputs = joined_inputs([of[p] for p in
+                                self.pred_idx[self.pred_ptr[vertex]:self.pred_ptr[vertex + 1]]])
         parts = self.key_maker.parts(vertex, inputs, context_facts, context_key,
                                      self.name(vertex))
         key = vertex_key(parts)

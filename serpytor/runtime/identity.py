@@ -81,7 +81,7 @@ class KeyMaker:
         None when published facts make it this vertex's own."""
         function, arguments = self._template_parts(vertex)
         return {"function": function, "arguments": arguments,
-                "inputs": hashlib.blake2b(inputs.encode(), digest_size=20).hexdigest(),
+                "inputs": digest(inputs),
                 "context": self._context_digest(context_facts, context_key),
                 # a vertex's records are its own: two vertices computing the same thing
                 # from the same inputs still run (and are recorded) each
@@ -124,14 +124,20 @@ def input_entry(name: str, output_digest: str) -> str:
     return f"{name}={output_digest}"
 
 
+def joined_inputs(entries: list[str]) -> str:
+    """The ``inputs`` part's text from its parents' :func:`input_entry`, in partition
+    order."""
+    return ";".join(entries)
+
+
 def inputs_text(inputs: Iterable[tuple[str, str]]) -> str:
     """What the ``inputs`` part digests: each parent's name and output digest, in
     partition order."""
-    return ";".join([input_entry(name, output) for name, output in inputs])
+    return joined_inputs([input_entry(name, output) for name, output in inputs])
 
 
 def vertex_key(parts: Mapping[str, str]) -> str:
     """The digest of ``name=part`` for each part, in the order of their names."""
     text = (f"arguments={parts['arguments']}|context={parts['context']}|"
             f"function={parts['function']}|inputs={parts['inputs']}|vertex={parts['vertex']}")
-    return hashlib.blake2b(text.encode(), digest_size=20).hexdigest()
+    return digest(text)

@@ -97,12 +97,10 @@ class Journal:
         key never recorded costs no query."""
         with self._lock:  # a batch moves from pending to writing to rowids under it
             row = self.pending.get(key) or self.writing.get(key)
-            rowid = self.rowids.get(key) if pipeline in self.loaded else None
         if row is not None:
             return _record(row)
-        if pipeline not in self.loaded:
-            self._load(pipeline)
-            rowid = self.rowids.get(key)
+        self._load(pipeline)
+        rowid = self.rowids.get(key)
         if rowid is None:
             return None
         row = self.db.execute("SELECT * FROM vertices WHERE rowid = ?", (rowid,)).fetchone()
@@ -117,6 +115,7 @@ class Journal:
             rows = self.db.execute("SELECT key, rowid FROM vertices WHERE pipeline = ? "
                                    "ORDER BY rowid", (pipeline,))
             for key, rowid in rows:
+                # a key this journal wrote before reading may meet its older rows here
                 earlier = self.rowids.get(key)
                 if earlier is not None and earlier != rowid:
                     self.superseded.append(min(earlier, rowid))

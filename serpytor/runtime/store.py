@@ -25,6 +25,7 @@ from ..errors import SerpytorError
 from .channels import (ChannelDescriptor, ChannelError, ChannelExistsError, EndOfChannel,
                        FileReader, FileWriter, content_digest, get_serializer)
 from .channels.framing import FrameError
+from .channels.serialize import encoded_size
 from .packs import (PACK_LIMIT, OutputPack, PackError, PackReader, digest_of, record_bytes,
                     split_name, unframe)
 
@@ -67,8 +68,7 @@ class OutputStore:
 
     def put_serialized(self, key: str, vertex: str, header: bytes,
                        buffers: list[Any]) -> StoredFile:
-        size = len(header) + sum([memoryview(b).nbytes for b in buffers]) if buffers \
-            else len(header)
+        size = encoded_size((header, buffers))
         if self.pack is not None and size < self.pack_limit:
             data = record_bytes(header, buffers)
             try:

@@ -45,6 +45,7 @@ from ..compiler.kinds import ChannelKind
 from .channels import (ChannelError, ChannelReader, EndOfChannel, get_serializer,
                        open_reader, open_writer, same_host)
 from .channels.framing import FrameError, decode_frame_head, layout_frame
+from .channels.serialize import encoded_size
 from .protocol import ProtocolError, decode, encode
 from .security import SecurityConfig, secure_client
 
@@ -125,12 +126,6 @@ class OutputTable:
     def __len__(self) -> int:
         with self._lock:
             return len(self._held)
-
-
-def encoded_size(encoded: tuple[bytes, list[Any]]) -> int:
-    header, buffers = encoded
-    return len(header) + sum([memoryview(b).nbytes for b in buffers]) if buffers \
-        else len(header)
 
 
 def choose_transfer(hint: ChannelKind, together: bool, nbytes: int) -> str:

@@ -79,6 +79,13 @@ def byte_view(buffer: Any) -> memoryview:
     raise BufferError("serializer buffers must be contiguous")
 
 
+def encoded_size(encoded: tuple[bytes, list[Any]]) -> int:
+    """Bytes of a serialized item: its header and its buffers."""
+    header, buffers = encoded
+    return len(header) + sum([memoryview(b).nbytes for b in buffers]) if buffers \
+        else len(header)
+
+
 class PickleSerializer:
     """Pickle protocol 5, out-of-band buffers above INBAND_LIMIT; raw top-level bytes."""
 
