@@ -273,3 +273,16 @@ def test_gateways_running_at_the_same_time_share_servers(servers):
     results = run_concurrently(lambda: run(EXAMPLES / "average.spg", journal=False,
                                            servers=[s.address for s in servers]).outputs, 3)
     assert results == {0: expected, 1: expected, 2: expected}
+
+
+# ---- the end of a job ------------------------------------------------------------------------
+def test_a_server_confirms_the_end_of_a_job(victim):
+    with ControlClient(victim.address) as client:
+        client.send_json({"type": "end", "job": "never-started"})
+        assert client.recv() == {"type": "ended", "job": "never-started"}
+
+
+def test_when_a_run_returns_its_servers_hold_nothing_of_it(victim):
+    result = run(EXAMPLES / "average.spg", journal=False, servers=[victim.address])
+    assert result.stats["executed"] == 21
+    assert pong(victim.address)["held"] == 0  # at once: the run waited for the end

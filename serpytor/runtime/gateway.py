@@ -48,8 +48,8 @@ from .channels.descriptor import this_host
 from .context import ContextTracker
 from .durable import Durability
 from .invoke import refresh_modules
-from .links import (DOWN, HEARTBEAT_SILENT, LOST, READY, Link, Timing, diagnose, handshake,
-                    learn, open_link)
+from .links import (DOWN, HEARTBEAT_SILENT, LOST, READY, Link, Timing, await_ended, diagnose,
+                    handshake, learn, open_link)
 from .result import RunResult
 from .queues import QueueSilo, ReadyQueue
 from .schedule import build_schedule
@@ -65,6 +65,7 @@ MAX_ATTEMPTS = 6  # Dryad: a vertex that fails this often fails the job
 MAX_REVIVALS = 3  # times the embedded default restarts one dead local server
 REVIVE_WAIT_S = 15.0  # how long a restarted local server has to rejoin
 EXTERNAL_KILLS = (-9, -15, -2)  # SIGKILL, SIGTERM, SIGINT: not the vertex's doing
+END_WAIT_S = 2.0  # how long the end waits for servers to say they dropped the job
 
 
 class ServerUnavailableError(SerpytorError):
@@ -787,9 +788,17 @@ class Gateway:
                                self.durability.store)
 
     def _end(self) -> None:
+        """Tell the servers the job is over and wait (briefly) until each said it dropped
+        the job's outputs: a socket closed at once discards what it has not sent yet,
+        and a server that missed the end would hold them for JOB_IDLE_S."""
+        ending = [link for link in self.links if link.state != LOST]
+        for link in ending:
+            link.send({"type": "end", "job": self.job})
+        unanswered = await_ended(ending, self.job, END_WAIT_S)
+        if unanswered:
+            log.warning("gateway: no end of job %s confirmed by %s", self.job,
+                        ", ".join(link.label for link in unanswered))
         for link in self.links:
-            if link.state != LOST:
-                link.send({"type": "end", "job": self.job})
             link.close()
         sweep_segments(self.job)
 

@@ -275,3 +275,28 @@ def diagnose(link: Link, now: float, t: Timing) -> tuple[str, str, int | None] |
         return (f"is hung (its heartbeat answers, the server has been silent for "
                 f"{silent_for:.0f} s)", "application", None)
     return None
+
+
+def await_ended(links: list[Link], job: str, seconds: float) -> list[Link]:
+    """Read the links until each answered the end of job with ``ended`` (what else they
+    send, late results of the job, is dropped); the links that did not within seconds."""
+    waiting = {link.sock: link for link in links}
+    poller = zmq.Poller()
+    for sock in waiting:
+        poller.register(sock, zmq.POLLIN)
+    deadline = time.monotonic() + seconds
+    while waiting and (left := deadline - time.monotonic()) > 0:
+        for sock, _ in poller.poll(max(1, int(left * 1000))):
+            if _confirms_end(waiting[sock], job):
+                poller.unregister(sock)
+                del waiting[sock]
+    return list(waiting.values())
+
+
+def _confirms_end(link: Link, job: str) -> bool:
+    """Read what link has now; True once it confirmed the end of job."""
+    while link.sock.poll(0):
+        message = link.read()
+        if message is not None and message["type"] == "ended" and message["job"] == job:
+            return True
+    return False

@@ -49,6 +49,7 @@ REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
     "release": ("job", "vertices"),
     "cancel": ("job", "vertices", "attempts"),
     "end": ("job",),
+    "ended": ("job",),
     "get": ("job", "vertices"),
     "data": ("job", "items"),
     # a client and the gateway service (serpytor.runtime.service)

@@ -265,6 +265,8 @@ class Server:
             self.cancelled.update(cancelled_attempts(message))
         elif kind == "end":
             self._end_job(str(message["job"]))
+            self._send(self.control, identity, encode({"type": "ended",
+                                                       "job": str(message["job"])}))
         else:
             raise ProtocolError(f"a server does not take {kind!r} messages on its control port")
 
@@ -602,6 +604,8 @@ class Server:
             self._fail(identity, job_id, task, error, "")
             return None
         self.table.put(job_id, vertex, value, encoded)
+        if job_id not in self.jobs:  # ended while it ran: the end's drop came first
+            self.table.drop_job(job_id)
         return result
 
     def _keep(self, job: Job, task: Task, name: str, value: Any,
