@@ -85,6 +85,12 @@ def count_words(read: str) -> Counter:
     return counts
 
 
+def count_part(part: tuple[str, int, int]) -> int:
+    """``count_words`` of ``read_part(*part)`` outside any pipeline (run_bench's measure
+    of what two plain processes gain on this machine); the number of distinct words."""
+    return len(count_words(read_part(*part)))
+
+
 def merge_counts(count: list[Counter]) -> dict[str, int]:
     """The total of every part's counts (fed all-to-all: a list in partition order)."""
     total: Counter = Counter()

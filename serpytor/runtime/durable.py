@@ -68,8 +68,8 @@ class Durability:
         of = self.inputs_of
         inputs = joined_inputs([of[p] for p in
                                 self.pred_idx[self.pred_ptr[vertex]:self.pred_ptr[vertex + 1]]])
-        parts = self.key_maker.parts(vertex, inputs, context_facts, context_key,
-                                     self.name(vertex))
+        name = self.name(vertex)
+        parts = self.key_maker.parts(vertex, inputs, context_facts, context_key, name)
         key = vertex_key(parts)
         self.keys[vertex] = (key, parts)
         if self.fresh or self._volatile(vertex):
@@ -77,11 +77,8 @@ class Durability:
         record = self.journal.lookup(key, self.pipeline)
         if record is None or not self.store.exists(record.output):
             return None
-        self._known(vertex, record.output_digest)
+        self.inputs_of[vertex] = input_entry(name, record.output_digest)
         return record
-
-    def _known(self, vertex: int, digest: str) -> None:
-        self.inputs_of[vertex] = input_entry(self.name(vertex), digest)
 
     def _volatile(self, vertex: int) -> bool:
         if self.volatile is None:
@@ -93,9 +90,9 @@ class Durability:
         if not self.enabled:
             return
         key, parts = self.keys[vertex]
-        name = self.name(vertex)
+        name = parts["vertex"]
         stored = self.store.put(key, name, value)
-        self._known(vertex, stored.digest)
+        self.inputs_of[vertex] = input_entry(name, stored.digest)
         self.journal.record(key, self.pipeline, name, parts, stored.path, stored.digest,
                             published, seconds)
 
@@ -105,9 +102,9 @@ class Durability:
         if not self.enabled:
             return
         key, parts = self.keys[vertex]
-        self._known(vertex, digest)
-        self.journal.record(key, self.pipeline, self.name(vertex), parts, path, digest,
-                            published, seconds)
+        name = parts["vertex"]
+        self.inputs_of[vertex] = input_entry(name, digest)
+        self.journal.record(key, self.pipeline, name, parts, path, digest, published, seconds)
 
     def load(self, value: Any) -> Any:
         if isinstance(value, StoredOutput):

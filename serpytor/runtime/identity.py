@@ -69,7 +69,9 @@ class KeyMaker:
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
         self.template_parts: dict[Any, tuple[str, str]] = {}
-        self.by_template: dict[int, tuple[str, str]] = {}  # template index -> its parts
+        # per template index, its parts once known (a list: a plan may have a template
+        # per vertex, and this is looked at for every key)
+        self.by_template: list[tuple[str, str] | None] = [None] * len(plan.templates)
         self.vertex_template: list[int] | None = None
         self.context_digests: dict[Any, str] = {}
 
@@ -91,7 +93,7 @@ class KeyMaker:
         if self.vertex_template is None:
             self.vertex_template = self.plan.arrays["vertex_template"].tolist()
         index = self.vertex_template[vertex]
-        parts = self.by_template.get(index)
+        parts = self.by_template[index]
         if parts is None:
             parts = self.by_template[index] = self._template_parts_of(vertex, index)
         return parts
