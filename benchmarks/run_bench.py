@@ -604,8 +604,8 @@ def bench_wordcount(pool: ServerPool, workdir: Path, sizes: dict, out: dict) -> 
           f"CPU used by us {statistics.median(rounds.ours_cpu['one']):.1f} / "
           f"{statistics.median(rounds.ours_cpu['two']):.1f} s, other jobs busy on "
           f"{rounds.others_cores('one'):.1f} / {rounds.others_cores('two'):.1f} cores; "
-          f"this machine's own ceiling: {ceiling:.2f}x (two plain processes counting "
-          f"half each vs one counting all)")
+          f"this machine's own ceiling: {ceiling:.2f}x (two plain processes counting an "
+          f"eighth each vs one counting both)")
 
 
 def machine_ceiling(corpus: Path, rounds: int, parts: int = 2) -> float:
