@@ -39,7 +39,6 @@ class Durability:
         self.inputs_of: dict[int, str] = {}
         self.keys: dict[int, tuple[str, dict[str, str]]] = {}
         self.key_maker = KeyMaker(plan)
-        self.names: dict[int, str] = {}  # vertex names asked for, each built once
         self.pipeline = plan.pipeline
         self.volatile: list[bool] | None = None  # per vertex, once a lookup needs it
         self.pred_ptr: list[int] = []
@@ -48,12 +47,6 @@ class Durability:
             journal.before_commit.append(store.commit)
             self.pred_ptr = plan.arrays["pred_indptr"].tolist()
             self.pred_idx = plan.arrays["pred_indices"].tolist()
-
-    def name(self, vertex: int) -> str:
-        name = self.names.get(vertex)
-        if name is None:
-            name = self.names[vertex] = self.plan.vertex_name(vertex)
-        return name
 
     @property
     def enabled(self) -> bool:
@@ -68,7 +61,7 @@ class Durability:
         of = self.inputs_of
         inputs = joined_inputs([of[p] for p in
                                 self.pred_idx[self.pred_ptr[vertex]:self.pred_ptr[vertex + 1]]])
-        name = self.name(vertex)
+        name = self.plan.vertex_name(vertex)  # kept in the parts: recording reads it there
         parts = self.key_maker.parts(vertex, inputs, context_facts, context_key, name)
         key = vertex_key(parts)
         self.keys[vertex] = (key, parts)

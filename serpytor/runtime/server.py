@@ -264,9 +264,9 @@ class Server:
             # skip these attempts if they have not started
             self.cancelled.update(cancelled_attempts(message))
         elif kind == "end":
-            self._end_job(str(message["job"]))
-            self._send(self.control, identity, encode({"type": "ended",
-                                                       "job": str(message["job"])}))
+            job = str(message["job"])
+            self._end_job(job)
+            self._send(self.control, identity, encode({"type": "ended", "job": job}))
         else:
             raise ProtocolError(f"a server does not take {kind!r} messages on its control port")
 
