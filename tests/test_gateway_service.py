@@ -33,6 +33,7 @@ from runtime_helpers import (
 )
 
 import serpytor
+from serpytor.compiler.plan import encode_plan
 from serpytor.errors import RemoteTaskError
 
 SLOW = fixture_pipeline("slow")
@@ -103,18 +104,51 @@ def test_a_submitted_run_gives_the_inline_result(gateway):
     assert again.stats["reused"] == 20  # the gateway's journal; archive is volatile
 
 
-def test_jobs_at_the_same_time_share_the_servers(gateway):
+def held_outputs(servers) -> list[int]:
+    """How many outputs each server holds, asked now."""
+    held = []
+    for server in servers:
+        with ControlClient(server.address) as client:
+            held.append(client.ping()["held"])
+    return held
+
+
+def test_jobs_at_the_same_time_share_the_servers(gateway, servers):
     expected = serpytor.run(EXAMPLES / "average.spg", inline=True, journal=False).outputs
     results = run_concurrently(lambda: serpytor.run(
         EXAMPLES / "average.spg", gateway=gateway.address, journal=False).outputs, 3)
     assert results == {0: expected, 1: expected, 2: expected}
+    # each run returned once its job had ended on the servers: a gateway killed now
+    # (as this test's teardown does) leaves nothing behind
+    assert held_outputs(servers) == [0] * len(servers)
 
 
-def test_a_failing_job_raises_the_vertex_error_here(gateway):
+def test_collected_is_answered_once_the_servers_dropped_the_job(gateway, servers):
+    """The protocol under ``run``: ``collected`` is answered with ``ended`` only after
+    every server confirmed the end, so a client that returns leaves nothing behind."""
+    plan = encode_plan(serpytor.compile_file(EXAMPLES / "average.spg"))
+    with ControlClient(gateway.address) as client:
+        client.send_json({"type": "submit", "options": {"journal": False}}, plan)
+        job = client.recv()["job"]
+
+        def finished() -> dict | None:
+            client.send_json({"type": "poll", "job": job})
+            state = client.recv()
+            return state if state["state"] != "running" else None
+
+        assert wait_for(finished, 60, "the job to finish", 0.05)["state"] == "done"
+        assert sum(held_outputs(servers)) > 0  # the outputs wait for their client
+        client.send_json({"type": "collected", "job": job})
+        assert client.recv() == {"type": "ended", "job": job}
+    assert held_outputs(servers) == [0] * len(servers)
+
+
+def test_a_failing_job_raises_the_vertex_error_here(gateway, servers):
     with pytest.raises(RemoteTaskError) as caught:
         serpytor.run(fixture_pipeline("fail_raises"), gateway=gateway.address, journal=False)
     assert isinstance(caught.value, ValueError)
     assert caught.value.vertex == "raises" and caught.value.line == 7
+    assert held_outputs(servers) == [0] * len(servers)  # reported once the job ended
 
 
 def test_the_command_line_run_and_status(gateway, servers):

@@ -3,12 +3,13 @@
 The client sends the plan and its options, polls the job's progress (drawing the
 progress bar), and when the job is done fetches the sink outputs straight from the
 servers holding them (the gateway only says where they are), then tells the gateway
-it may end the job. A gateway that restarts meanwhile resumes the job; the client keeps
+it may end the job and waits until the servers dropped it. A gateway that restarts meanwhile resumes the job; the client keeps
 polling it for up to ``patience`` seconds of silence.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, Mapping
 
@@ -20,6 +21,8 @@ from .gateway import ServerUnavailableError, collect_outputs, exception_type
 from .protocol import ProtocolError, decode, encode
 from .result import RunResult
 from .security import SecurityConfig, load_security, secure_client
+
+log = logging.getLogger("serpytor.client")
 
 POLL_S = 0.2
 ANSWER_TIMEOUT_S = 10.0
@@ -79,10 +82,19 @@ def run_on_gateway(plan: Plan, address: str, options: Mapping[str, Any],
             raise _rebuilt(plan, result.get("error") or {})
         outputs = collect_outputs(client.ctx, str(result["server_job"]), result["sinks"],
                                   security)
-        client.ask({"type": "collected", "job": job})
+        _confirm_collected(client, job)
     run_result = _run_result(plan, result, outputs)
     run_result.seconds = time.perf_counter() - started
     return run_result
+
+
+def _confirm_collected(client: GatewayClient, job: str) -> None:
+    """Tell the gateway the outputs are here and wait until it ended the job on its
+    servers; the outputs are kept whatever it answers (a warning says what went wrong)."""
+    try:
+        client.ask({"type": "collected", "job": job})
+    except GatewayError as error:
+        log.warning("job %s: its end was not confirmed: %s", job, error)
 
 
 def _wait(client: GatewayClient, job: str, progress: Any, patience: float) -> dict:

@@ -13,6 +13,7 @@ Messages (JSON, on a ROUTER at the service's address; CURVE with ``--keys``)::
     service -> client    job-state {job, state: running|done|failed, done, total,
                                     [result]}   (result: stats, sinks, error, events)
     client  -> service   collected {job}  (the outputs are fetched: end the job)
+    service -> client    ended {job}      (sent once every server dropped the job)
     client  -> service   status
     service -> client    status-report {servers, jobs}
 
@@ -79,6 +80,10 @@ class JobRun:
     gateway: Gateway | None = None
     result: dict[str, Any] | None = None
     collected: threading.Event = field(default_factory=threading.Event)
+    # set once the servers dropped the job; a failed job is reported only then
+    ended: threading.Event = field(default_factory=threading.Event)
+    # the clients whose ``collected`` is answered when the job has ended
+    end_waiters: list[bytes] = field(default_factory=list)
     ended_at: float | None = None
     thread: threading.Thread | None = None
 
@@ -160,6 +165,7 @@ class GatewayService:
             while stop is None or not stop.is_set():
                 if self.sock.poll(POLL_MS):
                     self._drain()
+                self._confirm_ends()
                 self.monitor.tick()
                 self._expire()
         finally:
@@ -175,11 +181,20 @@ class GatewayService:
             try:
                 if not trusted(self.sock, frames[0], self.security):
                     raise ProtocolError("the peer is not authenticated")
-                reply = self._answer(*decode(frames[1:]))
+                reply = self._answer(identity, *decode(frames[1:]))
             except (ProtocolError, ServiceError) as error:
                 self.rejected += 1
                 reply = {"type": "error", "message": str(error)}
-            self._send(identity, reply)
+            if reply is not None:
+                self._send(identity, reply)
+
+    def _confirm_ends(self) -> None:
+        """Answer the clients waiting for the end of a job that has now ended."""
+        for job in self.jobs.values():
+            if job.end_waiters and job.ended.is_set():
+                for identity in job.end_waiters:
+                    self._send(identity, {"type": "ended", "job": job.id})
+                job.end_waiters.clear()
 
     def _send(self, identity: bytes, reply: dict) -> None:
         try:
@@ -187,16 +202,20 @@ class GatewayService:
         except zmq.ZMQError:
             pass  # the client is gone; it may poll again
 
-    def _answer(self, message: dict, frames: list) -> dict:
+    def _answer(self, identity: bytes, message: dict, frames: list) -> dict | None:
+        """The reply to one message; None when it is sent later (see _confirm_ends)."""
         kind = message["type"]
         if kind == "submit":
             return self._submit(message, frames)
         if kind == "poll":
             return self._job_state(self._job(message))
         if kind == "collected":
+            # answered once the servers dropped the job: when the client's run returns,
+            # nothing of it is left on them, even if this service dies right after
             job = self._job(message)
             job.collected.set()
-            return {"type": "ok", "job": job.id}
+            job.end_waiters.append(identity)
+            return None
         if kind == "status":
             return {"type": "status-report", "servers": self.monitor.report(),
                     "jobs": [self._job_line(j) for j in self.jobs.values()]}
@@ -240,7 +259,8 @@ class GatewayService:
 
     def _run_job(self, job: JobRun) -> None:
         """The job's thread: run it, publish where its outputs are, wait for the client
-        to collect them, then end it on the servers."""
+        to collect them, then end it on the servers. A failed job is ended first and
+        reported after: its client gets the error when nothing of the job is left."""
         options = job.options
         journal = self.journal_dir if options.get("journal", True) else False
         durability = open_durability(job.plan, job.plan, journal, options.get("fresh", False),
@@ -254,23 +274,32 @@ class GatewayService:
                               security=self.security)
             job.gateway = gateway
             result = gateway.execute()
-            job.result = _result_summary(result, gateway)
-            job.state = "done"
-        except SerpytorError as error:
-            job.result = {"error": _error_summary(error)}
-            job.state = "failed"
-        except Exception as error:  # a bug must not take the service down
-            log.exception("job %s failed", job.id)
-            job.result = {"error": {"type": type(error).__name__, "message": str(error)}}
-            job.state = "failed"
+            summary = _result_summary(result, gateway)
+        except Exception as error:
+            if not isinstance(error, SerpytorError):  # a bug must not take the service down
+                log.exception("job %s failed", job.id)
+            self._end_job(gateway, durability, job)
+            self._publish(job, "failed", {"error": _error_summary(error)})
+            return
+        self._publish(job, "done", summary)
+        job.collected.wait(COLLECT_TIMEOUT_S)
+        self._end_job(gateway, durability, job)
+
+    def _publish(self, job: JobRun, state: str, result: dict[str, Any]) -> None:
+        job.result = result
+        job.state = state
         job.ended_at = time.monotonic()
         self.journal.update(job)
-        if job.state == "done":
-            job.collected.wait(COLLECT_TIMEOUT_S)
-        if gateway is not None:
-            gateway.close()
-        else:
-            durability.close()
+
+    @staticmethod
+    def _end_job(gateway: Gateway | None, durability: Any, job: JobRun) -> None:
+        try:
+            if gateway is not None:
+                gateway.close()
+            else:
+                durability.close()
+        finally:
+            job.ended.set()
 
     def _job_state(self, job: JobRun) -> dict:
         done, total = job.progress()
