@@ -12,7 +12,7 @@ the machine are recorded too (``cpu_ours_s``, and ``others_cores``: how many cor
 other jobs, and the hypervisor's steal, kept busy), so that a figure spoiled by other
 work can be told apart.
 
-The DAG (figures 1-3): 100 layers of 100 vertices (10 layers with ``--quick``); every
+The DAG (figures 1-3): 100 layers of 100 vertices (20 layers with ``--quick``); every
 vertex of a layer but the first has 2 distinct parents drawn (``random.Random(SEED)``)
 from the layer before. Two vertices of a layer may draw the same pair; their journal
 keys (function, arguments, inputs, context, partition) are then equal. In SerPyTor the
@@ -39,7 +39,7 @@ values are checked equal outside the timing.
    directory, the floor for a journal storing one file per output. 7 rounds (the
    others take 3): a journal-off run of this DAG varies by up to 20% from round to
    round on a shared 2-core machine, and this figure is a small difference of two.
-4. A word count over a generated corpus (200 MB; 40 MB with ``--quick``): 8 read
+4. A word count over a generated corpus (200 MB; 32 MB with ``--quick``): 8 read
    replicas, each reading only its own line-aligned byte range, 8 counting replicas
    (lowercase, split, ``Counter``) fed pointwise, one merge fed all-to-all; 2 servers
    against 1 server: speed-up. Target: at least 1.7x.
@@ -109,13 +109,14 @@ SIZES = {  # mode -> sizes and rounds
     "full": {"layers": 100, "width": 100, "rounds_inline": 5, "rounds_servers": 3,
              "rounds_journal": 7, "rounds_embedded": 2, "corpus_mb": 200,
              "rounds_wordcount": 3, "memory_stages": 100, "deadline_s": 120.0},
-    "quick": {"layers": 25, "width": 100, "rounds_inline": 5, "rounds_servers": 2,
-              "rounds_journal": 2, "rounds_embedded": 1, "corpus_mb": 40,
+    "quick": {"layers": 20, "width": 100, "rounds_inline": 5, "rounds_servers": 2,
+              "rounds_journal": 2, "rounds_embedded": 1, "corpus_mb": 32,
               "rounds_wordcount": 1, "memory_stages": 20, "deadline_s": 10.0},
 }
 UNMEASURABLE = ("ImportError", "ModuleNotFoundError")  # a baseline is not installed
 MEMORY_WIDTH = 1000
 READ_REPLICAS = 8
+RAW_FILES = 1000  # small files created to price one (a mean; more only took longer)
 TARGETS = {"inline_vs_dask_sync": 4.0, "servers_vs_dask_distributed": 10.0,
            "journal_slowdown": 1.3, "wordcount_speedup": 1.7, "memory_bytes_per_vertex": 512.0}
 
@@ -500,7 +501,8 @@ def bench_journal(dag: Dag, plan: Any, where: dict[str, Any], label: str, workdi
     rounds = journal_rounds(plan, where, workdir, sizes["rounds_journal"],
                             sizes["deadline_s"], label)
     n = plan.n_vertices
-    raw_ms = raw_file_seconds(workdir, n) / n * 1e3
+    raw_files = min(n, RAW_FILES)
+    raw_ms = raw_file_seconds(workdir, raw_files) / raw_files * 1e3
     slowdown = rounds.median("on") / rounds.median("off")
     extra_ms = (rounds.median("on") - rounds.median("off")) / n * 1e3
     out.setdefault("journal", {})[label] = {
@@ -798,7 +800,9 @@ def verdicts(out: dict) -> dict[str, bool | None]:
 
 def guarded(name: str, fn: Callable[[], None], out: dict, pool: ServerPool | None) -> None:
     """Run one figure; on an error record it (type, message), stop the servers (new ones
-    start on the next use) and go on with the next figure."""
+    start on the next use) and go on with the next figure. Its seconds are recorded in
+    ``out["section_s"]`` (what keeps ``--quick`` within its minute)."""
+    started = time.perf_counter()
     try:
         fn()
     except Exception as error:  # noqa: BLE001 - reported, the benchmark goes on
@@ -810,6 +814,8 @@ def guarded(name: str, fn: Callable[[], None], out: dict, pool: ServerPool | Non
         print(f"!! {name}: {text}", file=sys.stderr)
         if pool is not None:
             pool.close()  # new servers start on the next use
+    finally:
+        out.setdefault("section_s", {})[name] = round(time.perf_counter() - started, 2)
 
 
 # ---- main -------------------------------------------------------------------------------
