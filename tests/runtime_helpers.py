@@ -329,6 +329,14 @@ def run_json(*argv: str | Path, timeout: float = 60.0, env: dict[str, str] | Non
 
 
 # ---- polling ------------------------------------------------------------------------
+def pong(address: str) -> dict:
+    """A server's pong (its name, counts and what it holds), asked now."""
+    with ControlClient(address) as client:
+        reply = client.ping()
+    assert reply["type"] == "pong"
+    return reply
+
+
 def wait_for(predicate: Callable[[], Any], seconds: float, what: str,
              interval: float = 0.01) -> Any:
     """Poll ``predicate`` until it is truthy; AssertionError after ``seconds``."""

@@ -24,6 +24,7 @@ from runtime_helpers import (
     journaled_vertices,
     kill_group,
     log_lines,
+    pong,
     run_cli,
     run_concurrently,
     serpytor_command,
@@ -106,11 +107,7 @@ def test_a_submitted_run_gives_the_inline_result(gateway):
 
 def held_outputs(servers) -> list[int]:
     """How many outputs each server holds, asked now."""
-    held = []
-    for server in servers:
-        with ControlClient(server.address) as client:
-            held.append(client.ping()["held"])
-    return held
+    return [pong(server.address)["held"] for server in servers]
 
 
 def test_jobs_at_the_same_time_share_the_servers(gateway, servers):

@@ -17,6 +17,7 @@ from runtime_helpers import (
     EXAMPLES,
     ControlClient,
     fixture_pipeline,
+    pong,
     run_cli,
     run_concurrently,
     shared_servers,
@@ -56,13 +57,6 @@ def victim():
         yield pool[0]
     finally:
         stop_all(pool)
-
-
-def pong(address: str) -> dict:
-    with ControlClient(address) as client:
-        reply = client.ping()
-    assert reply["type"] == "pong"
-    return reply
 
 
 # ---- admission ---------------------------------------------------------------------------

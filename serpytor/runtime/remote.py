@@ -3,8 +3,9 @@
 The client sends the plan and its options, polls the job's progress (drawing the
 progress bar), and when the job is done fetches the sink outputs straight from the
 servers holding them (the gateway only says where they are), then tells the gateway
-it may end the job and waits until the servers dropped it. A gateway that restarts meanwhile resumes the job; the client keeps
-polling it for up to ``patience`` seconds of silence.
+it may end the job and waits until the servers dropped it. A gateway that restarts
+meanwhile resumes the job; the client keeps polling it for up to ``patience`` seconds
+of silence.
 """
 
 from __future__ import annotations

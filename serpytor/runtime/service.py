@@ -82,8 +82,6 @@ class JobRun:
     collected: threading.Event = field(default_factory=threading.Event)
     # set once the servers dropped the job; a failed job is reported only then
     ended: threading.Event = field(default_factory=threading.Event)
-    # the clients whose ``collected`` is answered when the job has ended
-    end_waiters: list[bytes] = field(default_factory=list)
     ended_at: float | None = None
     thread: threading.Thread | None = None
 
@@ -156,6 +154,8 @@ class GatewayService:
         self.jobs: dict[str, JobRun] = {}
         self.monitor = ServerMonitor(self.ctx, servers, self.security)
         self.rejected = 0
+        # (client, job): a ``collected`` answered once the job has ended
+        self.end_waiters: list[tuple[bytes, JobRun]] = []
 
     # ---- the service loop -------------------------------------------------------------
     def serve(self, stop: threading.Event | None = None) -> None:
@@ -189,12 +189,16 @@ class GatewayService:
                 self._send(identity, reply)
 
     def _confirm_ends(self) -> None:
-        """Answer the clients waiting for the end of a job that has now ended."""
-        for job in self.jobs.values():
-            if job.end_waiters and job.ended.is_set():
-                for identity in job.end_waiters:
-                    self._send(identity, {"type": "ended", "job": job.id})
-                job.end_waiters.clear()
+        """Answer the clients whose ``collected`` waits for a job that has now ended."""
+        if not self.end_waiters:
+            return
+        waiting = []
+        for identity, job in self.end_waiters:
+            if job.ended.is_set():
+                self._send(identity, {"type": "ended", "job": job.id})
+            else:
+                waiting.append((identity, job))
+        self.end_waiters = waiting
 
     def _send(self, identity: bytes, reply: dict) -> None:
         try:
@@ -214,7 +218,7 @@ class GatewayService:
             # nothing of it is left on them, even if this service dies right after
             job = self._job(message)
             job.collected.set()
-            job.end_waiters.append(identity)
+            self.end_waiters.append((identity, job))
             return None
         if kind == "status":
             return {"type": "status-report", "servers": self.monitor.report(),
