@@ -7,6 +7,7 @@ hold."""
 from __future__ import annotations
 
 import hashlib
+import json
 import pickle
 import random
 import signal
@@ -146,8 +147,8 @@ def test_outputs_that_cannot_be_written_fail_at_commit_naming_the_store(tmp_path
 
 # ---- the journal -------------------------------------------------------------------------
 def record(journal: Journal, key: str, vertex: str = "v", output: str = "out") -> None:
-    journal.record(key, "pipe", vertex, {"function": "f", "inputs": "i", "vertex": vertex},
-                   output, "digest-" + key, {"fact": 1}, 0.5)
+    parts = json.dumps({"function": "f", "inputs": "i", "vertex": vertex})
+    journal.record(key, "pipe", vertex, parts, output, "digest-" + key, {"fact": 1}, 0.5)
 
 
 def query(directory: Path, sql: str, *args: object) -> list[tuple]:

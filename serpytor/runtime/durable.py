@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import orjson
+
 from ..compiler.kinds import VertexFlag
 from ..compiler.plan import Plan
 from .identity import KeyMaker, input_entry, joined_inputs, vertex_key
@@ -27,6 +29,27 @@ class StoredOutput:
     digest: str
 
 
+class StoredPlaces:
+    """Per vertex, where the store keeps its output: ``(path, digest)``. Held as one
+    string per vertex (a path holds no NUL): a tuple per vertex is an object the
+    garbage collector counts, and a large plan's set off collections that traverse
+    the whole heap."""
+
+    def __init__(self) -> None:
+        self._places: dict[int, str] = {}
+
+    def __setitem__(self, vertex: int, place: tuple[str, str]) -> None:
+        path, digest = place
+        self._places[vertex] = f"{path}\0{digest}"
+
+    def __getitem__(self, vertex: int) -> tuple[str, str]:
+        path, _, digest = self._places[vertex].partition("\0")
+        return path, digest
+
+    def __contains__(self, vertex: object) -> bool:
+        return vertex in self._places
+
+
 class Durability:
     def __init__(self, plan: Plan, journal: Journal | None, store: OutputStore | None,
                  fresh: bool = False) -> None:
@@ -37,7 +60,11 @@ class Durability:
         # per vertex whose output is known: ``name=digest``, its share of a child's
         # inputs part (serpytor.runtime.identity.joined_inputs)
         self.inputs_of: dict[int, str] = {}
-        self.keys: dict[int, tuple[str, dict[str, str]]] = {}
+        # per vertex: its key, and the key's parts as the journal's JSON text (strings:
+        # a tuple or a dictionary per vertex is an object the garbage collector counts,
+        # and those of a large plan set off collections that traverse the whole heap)
+        self.keys: dict[int, str] = {}
+        self.parts: dict[int, str] = {}
         self.key_maker = KeyMaker(plan)
         self.pipeline = plan.pipeline
         self.volatile: list[bool] | None = None  # per vertex, once a lookup needs it
@@ -61,10 +88,11 @@ class Durability:
         of = self.inputs_of
         inputs = joined_inputs([of[p] for p in
                                 self.pred_idx[self.pred_ptr[vertex]:self.pred_ptr[vertex + 1]]])
-        name = self.plan.vertex_name(vertex)  # kept in the parts: recording reads it there
+        name = self.plan.vertex_name(vertex)
         parts = self.key_maker.parts(vertex, inputs, context_facts, context_key, name)
-        key = vertex_key(parts)
-        self.keys[vertex] = (key, parts)
+        key = self.keys[vertex] = vertex_key(parts)
+        # orjson: once per journaled vertex
+        self.parts[vertex] = orjson.dumps(parts).decode()
         if self.fresh or self._volatile(vertex):
             return None
         record = self.journal.lookup(key, self.pipeline)
@@ -82,22 +110,21 @@ class Durability:
     def record(self, vertex: int, value: Any, published: dict[str, Any], seconds: float) -> None:
         if not self.enabled:
             return
-        key, parts = self.keys[vertex]
-        name = parts["vertex"]
+        key, name = self.keys[vertex], self.plan.vertex_name(vertex)
         stored = self.store.put(key, name, value)
         self.inputs_of[vertex] = input_entry(name, stored.digest)
-        self.journal.record(key, self.pipeline, name, parts, stored.path, stored.digest,
-                            published, seconds)
+        self.journal.record(key, self.pipeline, name, self.parts[vertex], stored.path,
+                            stored.digest, published, seconds)
 
     def record_stored(self, vertex: int, path: str, digest: str, published: dict[str, Any],
                       seconds: float) -> None:
         """Journal an output a server already stored at ``path``."""
         if not self.enabled:
             return
-        key, parts = self.keys[vertex]
-        name = parts["vertex"]
+        key, name = self.keys[vertex], self.plan.vertex_name(vertex)
         self.inputs_of[vertex] = input_entry(name, digest)
-        self.journal.record(key, self.pipeline, name, parts, path, digest, published, seconds)
+        self.journal.record(key, self.pipeline, name, self.parts[vertex], path, digest,
+                            published, seconds)
 
     def load(self, value: Any) -> Any:
         if isinstance(value, StoredOutput):

@@ -7,6 +7,8 @@ vertex downstream of it re-runs because of its inputs.
 
 from __future__ import annotations
 
+import json
+
 from ..compiler.kinds import VertexFlag
 from ..compiler.plan import Plan
 from .context import ContextTracker
@@ -41,7 +43,7 @@ def explain_vertex(plan: Plan, durability: Durability, vertex: int) -> str:
         else:
             tracker.record_published(v, record.published)
     if vertex not in rerun:
-        return f"{name}: would be reused (recorded with key {durability.keys[vertex][0][:12]})"
+        return f"{name}: would be reused (recorded with key {durability.keys[vertex][:12]})"
     return f"{name}: would run: " + _reason(plan, durability, vertex, rerun)
 
 
@@ -57,7 +59,7 @@ def _reason(plan: Plan, durability: Durability, vertex: int, rerun: set[int]) ->
     latest = durability.journal.latest(plan.pipeline, plan.vertex_name(vertex))
     if latest is None:
         return "it has never been recorded"
-    _, parts = durability.keys[vertex]
+    parts = json.loads(durability.parts[vertex])
     changed = [PART_WORDS[k] for k in PART_WORDS if latest.parts.get(k) != parts.get(k)]
     if not changed:
         return "its recorded output is missing from the store"

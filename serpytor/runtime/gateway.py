@@ -46,7 +46,7 @@ from .allocation import Allocator, resolve_policy
 from .channels import sweep_segments
 from .channels.descriptor import this_host
 from .context import ContextTracker
-from .durable import Durability
+from .durable import Durability, StoredPlaces
 from .invoke import refresh_modules
 from .links import (DOWN, HEARTBEAT_SILENT, LOST, READY, Link, Timing, await_ended, diagnose,
                     handshake, learn, open_link)
@@ -109,7 +109,7 @@ class Gateway:
         self.engine = _core.ReadyEngine(self.schedule.indptr, self.schedule.indices)
         self.holder = np.full(n, -1, np.int32)
         self.size = np.zeros(n, np.int64)
-        self.stored: dict[int, tuple[str, str]] = {}
+        self.stored = StoredPlaces()
         # per-vertex counters the hot paths touch one element at a time: plain lists
         # (a numpy scalar update costs several times a list's)
         self.attempt = [0] * n
@@ -347,7 +347,7 @@ class Gateway:
             task["context"] = [[f.key, f.value, f.origin, f.nearest]
                                for f in self.tracker.facts_for(vertex)]
         if self.durability.enabled:
-            task["key"] = self.durability.keys[vertex][0]
+            task["key"] = self.durability.keys[vertex]
         link.in_flight[vertex] = self.attempt[vertex]
         self.copies.setdefault(vertex, set()).add(link.index)
         return task

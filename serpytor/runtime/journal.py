@@ -122,12 +122,13 @@ class Journal:
                 self.rowids[key] = max(rowid, earlier or rowid)
             self.loaded.add(pipeline)
 
-    def record(self, key: str, pipeline: str, vertex: str, parts: dict[str, str],
-               output: str, output_digest: str, published: dict[str, Any],
-               seconds: float) -> None:
+    def record(self, key: str, pipeline: str, vertex: str, parts: str, output: str,
+               output_digest: str, published: dict[str, Any], seconds: float) -> None:
+        """Journal a vertex whose output is stored. ``parts``: the key's parts, as JSON
+        text."""
         # orjson: this runs once per recorded vertex; published facts are JSON data
         # (serpytor.runtime.protocol.json_data_problem), so orjson encodes them all
-        row = (key, pipeline, vertex, orjson.dumps(parts).decode(), output, output_digest,
+        row = (key, pipeline, vertex, parts, output, output_digest,
                orjson.dumps(published).decode() if published else "{}", seconds,
                time.time())
         if self._writer is None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 SAMPLES = 1001  # durations kept per stage for the median (a fixed-size sample)
 
 
-@dataclass
+@dataclass(slots=True)
 class StageTimes:
     width: int
     done: int = 0
@@ -34,19 +34,29 @@ class StageTimes:
 
 
 class StragglerWatch:
-    """Per-stage durations, and the rule that says which running vertex to duplicate."""
+    """Per-stage durations, and the rule that says which running vertex to duplicate.
+
+    A stage of one vertex never has a straggler (the rule needs half of the stage done),
+    so only wider stages keep times, each from its first finished vertex: a plan of a
+    template per vertex keeps none."""
 
     def __init__(self, widths: list[int], factor: float = 2.0, floor: float = 1.0) -> None:
-        self.stages = [StageTimes(w) for w in widths]
+        self.widths = widths
+        self.stages: dict[int, StageTimes] = {}
         self.factor = factor
         self.floor = floor
 
     def finished(self, stage: int, seconds: float) -> None:
-        self.stages[stage].add(seconds)
+        times = self.stages.get(stage)
+        if times is None:
+            if self.widths[stage] < 2:
+                return
+            times = self.stages[stage] = StageTimes(self.widths[stage])
+        times.add(seconds)
 
     def is_straggler(self, stage: int, running_for: float) -> bool:
-        times = self.stages[stage]
-        if 2 * times.done < times.width:
+        times = self.stages.get(stage)
+        if times is None or 2 * times.done < times.width:
             return False
         median = times.median()
         return median is not None and running_for > max(self.factor * median, self.floor)
