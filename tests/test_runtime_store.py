@@ -22,7 +22,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from serpytor.runtime.identity import inputs_text, vertex_key
+from serpytor.runtime.api import load_pipeline
+from serpytor.runtime.context import ContextTracker
+from serpytor.runtime.identity import (KeyMaker, canonical, digest, function_identity,
+                                       inputs_text, vertex_key)
 from serpytor.runtime.journal import Journal
 from serpytor.runtime.packs import PACK_LIMIT, WRITE_AT, split_name
 from serpytor.runtime.store import OutputError, OutputStore
@@ -299,6 +302,25 @@ def test_keys_keep_the_form_recorded_journals_hold(parts):
     journal written by an earlier version stays reusable."""
     text = "|".join(f"{name}={parts[name]}" for name in sorted(parts))
     assert vertex_key(parts) == hashlib.blake2b(text.encode(), digest_size=20).hexdigest()
+
+
+def test_each_key_is_made_of_its_own_vertex_parts():
+    """Parts shared by a template or a function give each vertex the parts it would get
+    alone, and the recorded parts text is what its key digests."""
+    plan = load_pipeline(Path(__file__).resolve().parent.parent / "examples" / "wordcount.spg")
+    maker, tracker = KeyMaker(plan), ContextTracker(plan)
+    for v in range(plan.n_vertices):
+        name = maker.name(v)
+        assert name == plan.vertex_name(v)
+        context = maker.context_digest(v, tracker.facts_for, tracker.static_key(v))
+        key, text = maker.key(v, inputs_text([("p", str(v))]), context, name)
+        parts = json.loads(text)
+        assert key == vertex_key(parts) and parts["vertex"] == name
+        assert parts["inputs"] == digest(f"p={v}")
+        assert parts["function"] == function_identity(plan, v)
+        assert parts["arguments"] == digest(canonical(plan.vertex_template(v)["arguments"]))
+        facts = sorted([f.key, f.value, f.origin, f.nearest] for f in tracker.facts_for(v))
+        assert parts["context"] == digest(canonical(facts))
 
 
 def test_the_inputs_part_follows_partition_order():

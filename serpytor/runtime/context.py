@@ -158,8 +158,8 @@ class ContextTracker:
         self.any_published = False
         # static facts are the same for every vertex with the same context and origins
         self.static_cache: dict[tuple[int, bytes], list[tuple[ContextFact, int]]] = {}
-        self._vertex_ids: tuple[list[int], list[int]] | None = None  # context, node
-        self._reach_bytes: dict[int, bytes] = {}  # per context node, for static_key
+        # per vertex its context and node, per node its reach (for static_key)
+        self._vertex_ids: tuple[list[int], list[int], list[Any]] | None = None
 
     # -- published state per context node ----------------------------------------------
     @property
@@ -195,21 +195,21 @@ class ContextTracker:
             return False
         return bool(self.state(int(self.plan.arrays["vertex_node"][vertex])).live)
 
-    def static_key(self, vertex: int) -> tuple[int, bytes] | None:
+    def static_key(self, vertex: int) -> tuple[int, Any] | None:
         """A name for vertex's context shared by every vertex that sees the same facts,
         or None when published facts make its context its own."""
         if self.published_reach(vertex):
             return None
         if self._vertex_ids is None:  # lists: a key is asked for every journaled vertex
             arrays = self.plan.arrays
+            reach = arrays["node_reach"]
+            # a node's reach, hashable: its one word (the usual plan), or its row's bytes
+            reaches = reach[:, 0].tolist() if reach.shape[1] == 1 else \
+                [row.tobytes() for row in reach]
             self._vertex_ids = (arrays["vertex_context"].tolist(),
-                                arrays["vertex_node"].tolist())
-        contexts, nodes = self._vertex_ids
-        node = nodes[vertex]
-        reach = self._reach_bytes.get(node)
-        if reach is None:
-            reach = self._reach_bytes[node] = self.plan.arrays["node_reach"][node].tobytes()
-        return contexts[vertex], reach
+                                arrays["vertex_node"].tolist(), reaches)
+        contexts, nodes, reaches = self._vertex_ids
+        return contexts[vertex], reaches[nodes[vertex]]
 
     # -- the context a vertex sees ----------------------------------------------------
     def context_for(self, vertex: int, on_publish=None) -> Context:

@@ -12,11 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import orjson
-
 from ..compiler.kinds import VertexFlag
 from ..compiler.plan import Plan
-from .identity import KeyMaker, input_entry, joined_inputs, vertex_key
+from .identity import KeyMaker, input_entry, joined_inputs
 from .journal import Journal, JournalRecord
 from .store import OutputStore
 
@@ -65,12 +63,12 @@ class Durability:
         # and those of a large plan set off collections that traverse the whole heap)
         self.keys: dict[int, str] = {}
         self.parts: dict[int, str] = {}
-        self.key_maker = KeyMaker(plan)
         self.pipeline = plan.pipeline
         self.volatile: list[bool] | None = None  # per vertex, once a lookup needs it
         self.pred_ptr: list[int] = []
         self.pred_idx: list[int] = []
         if journal is not None and store is not None:
+            self.key_maker = KeyMaker(plan)
             journal.before_commit.append(store.commit)
             self.pred_ptr = plan.arrays["pred_indptr"].tolist()
             self.pred_idx = plan.arrays["pred_indices"].tolist()
@@ -79,26 +77,37 @@ class Durability:
     def enabled(self) -> bool:
         return self.journal is not None
 
-    def lookup(self, vertex: int, context_facts: list[Any] | Callable[[], list[Any]],
+    def lookup(self, vertex: int, context_facts: list[Any],
                context_key: Any = None) -> JournalRecord | None:
-        """Compute vertex's key; the journal record to reuse, if any. ``context_key``
-        names the vertex's static context (see :meth:`ContextTracker.static_key`)."""
+        """:meth:`lookup_many` of one vertex, whose facts are ``context_facts``."""
+        return self.lookup_many([vertex], lambda _: context_facts, lambda _: context_key)[0]
+
+    def lookup_many(self, vertices: list[int], facts_for: Callable[[int], list[Any]],
+                    context_key: Callable[[int], Any]) -> list[JournalRecord | None]:
+        """Compute each vertex's key (its parents' outputs are known); per vertex, the
+        journal record to reuse, or None. ``context_key(v)`` names v's static context
+        (:meth:`ContextTracker.static_key`); ``facts_for(v)`` is asked only for a
+        context whose digest is not known yet. One call per dispatched batch: the
+        gateway runs this for every vertex."""
         if not self.enabled:
+            return [None] * len(vertices)
+        maker, of, ptr, idx = self.key_maker, self.inputs_of, self.pred_ptr, self.pred_idx
+        keys, parts = self.keys, self.parts
+        for vertex in vertices:
+            inputs = joined_inputs([of[p] for p in idx[ptr[vertex]:ptr[vertex + 1]]])
+            context = maker.context_digest(vertex, facts_for, context_key(vertex))
+            keys[vertex], parts[vertex] = maker.key(vertex, inputs, context, maker.name(vertex))
+        if self.fresh:
+            return [None] * len(vertices)
+        return [self._reusable(vertex) for vertex in vertices]
+
+    def _reusable(self, vertex: int) -> JournalRecord | None:
+        if self._volatile(vertex):
             return None
-        of = self.inputs_of
-        inputs = joined_inputs([of[p] for p in
-                                self.pred_idx[self.pred_ptr[vertex]:self.pred_ptr[vertex + 1]]])
-        name = self.plan.vertex_name(vertex)
-        parts = self.key_maker.parts(vertex, inputs, context_facts, context_key, name)
-        key = self.keys[vertex] = vertex_key(parts)
-        # orjson: once per journaled vertex
-        self.parts[vertex] = orjson.dumps(parts).decode()
-        if self.fresh or self._volatile(vertex):
-            return None
-        record = self.journal.lookup(key, self.pipeline)
+        record = self.journal.lookup(self.keys[vertex], self.pipeline)
         if record is None or not self.store.exists(record.output):
             return None
-        self.inputs_of[vertex] = input_entry(name, record.output_digest)
+        self.inputs_of[vertex] = input_entry(self.key_maker.name(vertex), record.output_digest)
         return record
 
     def _volatile(self, vertex: int) -> bool:
@@ -110,7 +119,7 @@ class Durability:
     def record(self, vertex: int, value: Any, published: dict[str, Any], seconds: float) -> None:
         if not self.enabled:
             return
-        key, name = self.keys[vertex], self.plan.vertex_name(vertex)
+        key, name = self.keys[vertex], self.key_maker.name(vertex)
         stored = self.store.put(key, name, value)
         self.inputs_of[vertex] = input_entry(name, stored.digest)
         self.journal.record(key, self.pipeline, name, self.parts[vertex], stored.path,
@@ -121,7 +130,7 @@ class Durability:
         """Journal an output a server already stored at ``path``."""
         if not self.enabled:
             return
-        key, name = self.keys[vertex], self.plan.vertex_name(vertex)
+        key, name = self.keys[vertex], self.key_maker.name(vertex)
         self.inputs_of[vertex] = input_entry(name, digest)
         self.journal.record(key, self.pipeline, name, self.parts[vertex], path, digest,
                             published, seconds)

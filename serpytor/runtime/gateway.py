@@ -225,8 +225,9 @@ class Gateway:
         if not vertices:
             return False
         to_place, reused = [], []
-        for vertex in vertices:
-            record = self._journaled(vertex)
+        records = self.durability.lookup_many(vertices, self.tracker.facts_for,
+                                              self.tracker.static_key)
+        for vertex, record in zip(vertices, records):
             if record is not None:
                 self._reuse(vertex, record)
                 reused.append(vertex)
@@ -250,12 +251,6 @@ class Gateway:
                 self.engine.complete_many(barriers)
             vertices += ready[ready < n].tolist()
         return vertices
-
-    def _journaled(self, vertex: int):
-        if not self.durability.enabled:
-            return None
-        return self.durability.lookup(vertex, lambda: self.tracker.facts_for(vertex),
-                                      self.tracker.static_key(vertex))
 
     def _reuse(self, vertex: int, record) -> None:
         self.stored[vertex] = (record.output, record.output_digest)

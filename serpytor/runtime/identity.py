@@ -19,6 +19,8 @@ import inspect
 import json
 from typing import Any, Callable, Iterable, Mapping
 
+import orjson
+
 from ..compiler.plan import Plan
 from .invoke import on_reload, template_function
 
@@ -29,8 +31,15 @@ def digest(data: bytes | str) -> str:
     return hashlib.blake2b(data, digest_size=20).hexdigest()
 
 
+# one encoder, made once: json.dumps with these options makes one per call
+_canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=repr).encode
+
+
 def canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=repr)
+    return _canonical(value)
+
+
+NO_ARGUMENTS = digest(canonical([]))  # the arguments part of most templates
 
 
 @functools.lru_cache(maxsize=4096)
@@ -62,63 +71,79 @@ def function_identity(plan: Plan, vertex: int) -> str:
 
 class KeyMaker:
     """Journal keys of one plan's vertices. The parts that depend only on a vertex's
-    template (function identity, arguments) are computed once per template, and the
-    context digest once per distinct static context; only the inputs part is
-    per-vertex work."""
+    template (function identity, arguments) are computed once per template (the
+    function's identity once per function), and the context digest once per distinct
+    static context; only the inputs part is per-vertex work."""
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
-        self.template_parts: dict[Any, tuple[str, str]] = {}
+        self.functions: dict[tuple[str, str], str] = {}  # (module, function) -> identity
         # per template index, its parts once known (a list: a plan may have a template
         # per vertex, and this is looked at for every key)
         self.by_template: list[tuple[str, str] | None] = [None] * len(plan.templates)
-        self.vertex_template: list[int] | None = None
+        arrays = plan.arrays
+        self.vertex_template: list[int] = arrays["vertex_template"].tolist()
+        self.partition: list[int] | None = None  # per vertex, once a replica's name is made
+        # per template: its name, or for replicas the name's start ("s[")
+        self.name_starts = [t["name"] if t["kind"] == "node" else t["name"] + "["
+                            for t in plan.templates]
         self.context_digests: dict[Any, str] = {}
 
-    def parts(self, vertex: int, inputs: str,
-              context_facts: list[Any] | Callable[[], list[Any]], context_key: Any = None,
-              name: str | None = None) -> dict[str, str]:
-        """The key's parts. ``inputs`` is :func:`inputs_text` of the vertex's parents;
-        ``context_key`` (hashable) names a static context whose digest may be reused,
-        None when published facts make it this vertex's own."""
+    def name(self, vertex: int) -> str:
+        """:meth:`Plan.vertex_name`, from lists (it is asked for every key)."""
+        start = self.name_starts[self.vertex_template[vertex]]
+        if start[-1] != "[":
+            return start
+        if self.partition is None:
+            self.partition = self.plan.arrays["vertex_partition"].tolist()
+        return f"{start}{self.partition[vertex]}]"
+
+    def key(self, vertex: int, inputs: str, context: str, name: str) -> tuple[str, str]:
+        """The vertex's key, and its parts as JSON text (what the journal records).
+        ``inputs`` is :func:`inputs_text` of its parents, ``context`` the digest of its
+        facts (:meth:`context_digest`)."""
         function, arguments = self._template_parts(vertex)
-        return {"function": function, "arguments": arguments,
-                "inputs": digest(inputs),
-                "context": self._context_digest(context_facts, context_key),
-                # a vertex's records are its own: two vertices computing the same thing
-                # from the same inputs still run (and are recorded) each
-                "vertex": name or self.plan.vertex_name(vertex)}
+        # a vertex's records are its own: two vertices computing the same thing from the
+        # same inputs still run (and are recorded) each
+        parts = {"function": function, "arguments": arguments, "inputs": digest(inputs),
+                 "context": context, "vertex": name}
+        return vertex_key(parts), orjson.dumps(parts).decode()
+
+    def context_digest(self, vertex: int, facts_for: Callable[[int], list[Any]],
+                       context_key: Any) -> str:
+        """Digest of the facts vertex sees. ``context_key`` (hashable) names a static
+        context whose digest may be reused, None when published facts make it this
+        vertex's own; ``facts_for(vertex)`` is called only when the digest is not known."""
+        if context_key is not None:
+            known = self.context_digests.get(context_key)
+            if known is not None:
+                return known
+        facts = facts_for(vertex)
+        value = digest(canonical(sorted([f.key, f.value, f.origin, f.nearest] for f in facts)))
+        if context_key is not None:
+            self.context_digests[context_key] = value
+        return value
 
     def _template_parts(self, vertex: int) -> tuple[str, str]:
-        if self.vertex_template is None:
-            self.vertex_template = self.plan.arrays["vertex_template"].tolist()
         index = self.vertex_template[vertex]
         parts = self.by_template[index]
         if parts is None:
-            parts = self.by_template[index] = self._template_parts_of(vertex, index)
+            template = self.plan.templates[index]
+            arguments = template["arguments"]
+            parts = self.by_template[index] = (
+                self._function_of(vertex, template),
+                NO_ARGUMENTS if arguments == [] else digest(canonical(arguments)))
         return parts
 
-    def _template_parts_of(self, vertex: int, index: int) -> tuple[str, str]:
-        template = self.plan.templates[index]
-        # templates that differ only by name (no arguments) share their parts
-        shared = (template["module"], template["function"]) \
-            if template["kind"] != "combiner" and not template["arguments"] else index
-        if shared not in self.template_parts:
-            self.template_parts[shared] = (function_identity(self.plan, vertex),
-                                           digest(canonical(template["arguments"])))
-        return self.template_parts[shared]
-
-    def _context_digest(self, facts: list[Any] | Callable[[], list[Any]], key: Any) -> str:
-        """``facts`` may be a function giving them: they are needed only the first time
-        a static context is seen."""
-        if key is not None and key in self.context_digests:
-            return self.context_digests[key]
-        if callable(facts):
-            facts = facts()
-        value = digest(canonical(sorted([f.key, f.value, f.origin, f.nearest] for f in facts)))
-        if key is not None:
-            self.context_digests[key] = value
-        return value
+    def _function_of(self, vertex: int, template: dict[str, Any]) -> str:
+        if template["kind"] == "combiner":
+            return function_identity(self.plan, vertex)
+        # templates calling one function (as a stage per vertex does) share its identity
+        function = (template["module"], template["function"])
+        identity = self.functions.get(function)
+        if identity is None:
+            identity = self.functions[function] = function_identity(self.plan, vertex)
+        return identity
 
 
 def input_entry(name: str, output_digest: str) -> str:
