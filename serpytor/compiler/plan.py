@@ -77,6 +77,10 @@ class Plan:
     # the encoded header, once made: a plan is sent to every server for every run, and
     # the JSON of a large plan's metadata costs more than the run's first hundred tasks
     header_json: bytes | None = field(default=None, init=False, repr=False, compare=False)
+    # per template, its name, or a replica's name start ("s["), once a name is asked for:
+    # names are asked for every task a server runs and every key the journal makes
+    name_starts: list[str] | None = field(default=None, init=False, repr=False,
+                                          compare=False)
 
     # ---- size and names ---------------------------------------------------------------
     @property
@@ -106,10 +110,14 @@ class Plan:
         raise AttributeError(name)
 
     def vertex_name(self, v: int) -> str:
-        template = self.templates[int(self.arrays["vertex_template"][v])]
-        if template["kind"] == "node":
-            return template["name"]
-        return f"{template['name']}[{int(self.arrays['vertex_partition'][v])}]"
+        starts = self.name_starts
+        if starts is None:
+            starts = self.name_starts = [t["name"] if t["kind"] == "node" else t["name"] + "["
+                                         for t in self.templates]
+        start = starts[self.arrays["vertex_template"][v]]
+        if start[-1] != "[":
+            return start
+        return f"{start}{self.arrays['vertex_partition'][v]}]"
 
     @property
     def names(self) -> list[str]:

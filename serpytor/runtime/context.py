@@ -157,8 +157,8 @@ class ContextTracker:
         self._graph: NodeGraph | None = None  # built when something is first published
         self.any_published = False
         # static facts are the same for every vertex with the same context and origins
-        self.static_cache: dict[tuple[int, bytes], list[tuple[ContextFact, int]]] = {}
-        # per vertex its context and node, per node its reach (for static_key)
+        self.static_cache: dict[tuple[int, Any], list[tuple[ContextFact, int]]] = {}
+        # per vertex its context and node, per node its reach (see _static_ids)
         self._vertex_ids: tuple[list[int], list[int], list[Any]] | None = None
 
     # -- published state per context node ----------------------------------------------
@@ -200,7 +200,12 @@ class ContextTracker:
         or None when published facts make its context its own."""
         if self.published_reach(vertex):
             return None
-        if self._vertex_ids is None:  # lists: a key is asked for every journaled vertex
+        return self._static_ids(vertex)
+
+    def _static_ids(self, vertex: int) -> tuple[int, Any]:
+        """vertex's context id and its node's reach (hashable): together they fix the
+        plan's facts it sees."""
+        if self._vertex_ids is None:  # lists: asked for every task and journaled vertex
             arrays = self.plan.arrays
             reach = arrays["node_reach"]
             # a node's reach, hashable: its one word (the usual plan), or its row's bytes
@@ -236,9 +241,8 @@ class ContextTracker:
     def _static_facts(self, vertex: int) -> list[tuple[ContextFact, int]]:
         """The plan's facts reaching vertex with their origin ids (cached)."""
         plan = self.plan
-        context_id = int(plan.arrays["vertex_context"][vertex])
-        row = plan.arrays["node_reach"][int(plan.arrays["vertex_node"][vertex])]
-        key = (context_id, row.tobytes())
+        key = self._static_ids(vertex)
+        context_id = key[0]
         if key not in self.static_cache:
             nearest_ids = {i for ids in plan.meta["contexts"][context_id].values() for i in ids}
             reaching = self._reaching_origins(vertex)

@@ -92,11 +92,11 @@ class Durability:
         if not self.enabled:
             return [None] * len(vertices)
         maker, of, ptr, idx = self.key_maker, self.inputs_of, self.pred_ptr, self.pred_idx
-        keys, parts = self.keys, self.parts
+        keys, parts, name = self.keys, self.parts, self.plan.vertex_name
         for vertex in vertices:
             inputs = joined_inputs([of[p] for p in idx[ptr[vertex]:ptr[vertex + 1]]])
             context = maker.context_digest(vertex, facts_for, context_key(vertex))
-            keys[vertex], parts[vertex] = maker.key(vertex, inputs, context, maker.name(vertex))
+            keys[vertex], parts[vertex] = maker.key(vertex, inputs, context, name(vertex))
         if self.fresh:
             return [None] * len(vertices)
         return [self._reusable(vertex) for vertex in vertices]
@@ -107,7 +107,7 @@ class Durability:
         record = self.journal.lookup(self.keys[vertex], self.pipeline)
         if record is None or not self.store.exists(record.output):
             return None
-        self.inputs_of[vertex] = input_entry(self.key_maker.name(vertex), record.output_digest)
+        self.inputs_of[vertex] = input_entry(self.plan.vertex_name(vertex), record.output_digest)
         return record
 
     def _volatile(self, vertex: int) -> bool:
@@ -119,7 +119,7 @@ class Durability:
     def record(self, vertex: int, value: Any, published: dict[str, Any], seconds: float) -> None:
         if not self.enabled:
             return
-        key, name = self.keys[vertex], self.key_maker.name(vertex)
+        key, name = self.keys[vertex], self.plan.vertex_name(vertex)
         stored = self.store.put(key, name, value)
         self.inputs_of[vertex] = input_entry(name, stored.digest)
         self.journal.record(key, self.pipeline, name, self.parts[vertex], stored.path,
@@ -130,7 +130,7 @@ class Durability:
         """Journal an output a server already stored at ``path``."""
         if not self.enabled:
             return
-        key, name = self.keys[vertex], self.key_maker.name(vertex)
+        key, name = self.keys[vertex], self.plan.vertex_name(vertex)
         self.inputs_of[vertex] = input_entry(name, digest)
         self.journal.record(key, self.pipeline, name, self.parts[vertex], path, digest,
                             published, seconds)

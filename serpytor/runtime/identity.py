@@ -81,22 +81,8 @@ class KeyMaker:
         # per template index, its parts once known (a list: a plan may have a template
         # per vertex, and this is looked at for every key)
         self.by_template: list[tuple[str, str] | None] = [None] * len(plan.templates)
-        arrays = plan.arrays
-        self.vertex_template: list[int] = arrays["vertex_template"].tolist()
-        self.partition: list[int] | None = None  # per vertex, once a replica's name is made
-        # per template: its name, or for replicas the name's start ("s[")
-        self.name_starts = [t["name"] if t["kind"] == "node" else t["name"] + "["
-                            for t in plan.templates]
+        self.vertex_template: list[int] = plan.arrays["vertex_template"].tolist()
         self.context_digests: dict[Any, str] = {}
-
-    def name(self, vertex: int) -> str:
-        """:meth:`Plan.vertex_name`, from lists (it is asked for every key)."""
-        start = self.name_starts[self.vertex_template[vertex]]
-        if start[-1] != "[":
-            return start
-        if self.partition is None:
-            self.partition = self.plan.arrays["vertex_partition"].tolist()
-        return f"{start}{self.partition[vertex]}]"
 
     def key(self, vertex: int, inputs: str, context: str, name: str) -> tuple[str, str]:
         """The vertex's key, and its parts as JSON text (what the journal records).
