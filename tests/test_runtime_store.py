@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from serpytor.runtime.api import load_pipeline
 from serpytor.runtime.context import ContextTracker
 from serpytor.runtime.identity import (KeyMaker, canonical, digest, function_identity,
-                                       inputs_text, vertex_key)
+                                       input_entry, inputs_text, vertex_key)
 from serpytor.runtime.journal import Journal
 from serpytor.runtime.packs import PACK_LIMIT, WRITE_AT, split_name
 from serpytor.runtime.store import OutputError, OutputStore
@@ -165,6 +165,22 @@ def query(directory: Path, sql: str, *args: object) -> list[tuple]:
 
 def committed_keys(directory: Path) -> set[str]:
     return {key for (key,) in query(directory, "SELECT key FROM vertices")}
+
+
+def test_records_of_a_batch_are_each_found_and_committed(tmp_path):
+    journal = Journal(tmp_path)
+    journal.record_many("pipe", [(f"k{i}", f"v{i}", "{}", f"out{i}", f"d{i}", {"n": i}, 0.25)
+                                 for i in range(5)])
+    journal.record_many("pipe", [])
+    journal.flush()
+    for i in range(5):
+        found = journal.lookup(f"k{i}", "pipe")
+        assert (found.vertex, found.output, found.output_digest, found.published) == (
+            f"v{i}", f"out{i}", f"d{i}", {"n": i})
+    journal.close()
+    assert committed_keys(tmp_path) == {f"k{i}" for i in range(5)}
+    finished = query(tmp_path, "SELECT DISTINCT finished FROM vertices")
+    assert len(finished) == 1  # one batch, finished together
 
 
 def test_a_record_is_found_before_and_after_its_commit(tmp_path):
@@ -320,6 +336,45 @@ def test_each_key_is_made_of_its_own_vertex_parts():
         assert parts["arguments"] == digest(canonical(plan.vertex_template(v)["arguments"]))
         facts = sorted([f.key, f.value, f.origin, f.nearest] for f in tracker.facts_for(v))
         assert parts["context"] == digest(canonical(facts))
+
+
+@pytest.mark.parametrize("example", ["wordcount.spg", "average.spg", "average_accumulator.spg"])
+def test_a_batch_of_keys_is_the_keys_of_its_vertices(example):
+    """keys_of (one loop for a dispatched batch) gives each vertex the key and the parts
+    text key() gives it alone, combiners and templates with arguments included."""
+    plan = load_pipeline(ROOT / "examples" / example)
+    tracker = ContextTracker(plan)
+    parents = {v: [input_entry(f"p{v}", digest(str(v))), input_entry("q", "d")]
+               for v in range(plan.n_vertices)}
+    keys: dict[int, str] = {}
+    parts: dict[int, str] = {}
+    vertices = list(range(plan.n_vertices))[::-1]  # no order is assumed
+    KeyMaker(plan).keys_of(vertices, parents.__getitem__, tracker.facts_for,
+                           tracker.static_key, keys, parts)
+    alone = KeyMaker(plan)
+    assert sorted(keys) == sorted(parts) == sorted(vertices)
+    for v in vertices:
+        context = alone.context_digest(v, tracker.facts_for, tracker.static_key(v))
+        expected = alone.key(v, ";".join(parents[v]), context, plan.vertex_name(v))
+        assert (keys[v], parts[v]) == expected
+    assert len(set(keys.values())) == plan.n_vertices
+
+
+def test_a_batch_of_keys_sees_published_facts():
+    """A vertex whose context holds a published fact gets its own context digest."""
+    plan = load_pipeline(ROOT / "examples" / "wordcount.spg")
+    tracker = ContextTracker(plan)
+    vertices = list(range(plan.n_vertices))
+    before: dict[int, str] = {}
+    KeyMaker(plan).keys_of(vertices, lambda v: [], tracker.facts_for, tracker.static_key,
+                           before, {})
+    tracker.record_published(0, {"published": "yes"})
+    after: dict[int, str] = {}
+    KeyMaker(plan).keys_of(vertices, lambda v: [], tracker.facts_for, tracker.static_key,
+                           after, {})
+    reached = {v for v in vertices if tracker.published_reach(v)}
+    assert reached and reached != set(vertices)
+    assert {v for v in vertices if before[v] != after[v]} == reached
 
 
 def test_the_inputs_part_follows_partition_order():

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from ..compiler.kinds import VertexFlag
 from ..compiler.plan import Plan
-from .identity import KeyMaker, input_entry, joined_inputs
+from .identity import KeyMaker, input_entry
 from .journal import Journal, JournalRecord
 from .store import OutputStore
 
@@ -91,15 +91,15 @@ class Durability:
         gateway runs this for every vertex."""
         if not self.enabled:
             return [None] * len(vertices)
-        maker, of, ptr, idx = self.key_maker, self.inputs_of, self.pred_ptr, self.pred_idx
-        keys, parts, name = self.keys, self.parts, self.plan.vertex_name
-        for vertex in vertices:
-            inputs = joined_inputs([of[p] for p in idx[ptr[vertex]:ptr[vertex + 1]]])
-            context = maker.context_digest(vertex, facts_for, context_key(vertex))
-            keys[vertex], parts[vertex] = maker.key(vertex, inputs, context, name(vertex))
+        self.key_maker.keys_of(vertices, self._parent_inputs, facts_for, context_key,
+                               self.keys, self.parts)
         if self.fresh:
             return [None] * len(vertices)
         return [self._reusable(vertex) for vertex in vertices]
+
+    def _parent_inputs(self, vertex: int) -> list[str]:
+        of, ptr = self.inputs_of, self.pred_ptr
+        return [of[p] for p in self.pred_idx[ptr[vertex]:ptr[vertex + 1]]]
 
     def _reusable(self, vertex: int) -> JournalRecord | None:
         if self._volatile(vertex):
@@ -128,12 +128,22 @@ class Durability:
     def record_stored(self, vertex: int, path: str, digest: str, published: dict[str, Any],
                       seconds: float) -> None:
         """Journal an output a server already stored at ``path``."""
-        if not self.enabled:
+        self.record_stored_many([(vertex, path, digest, published, seconds)])
+
+    def record_stored_many(self, stored: list[tuple[int, str, str, dict[str, Any], float]]
+                           ) -> None:
+        """:meth:`record_stored` of each ``(vertex, path, digest, published, seconds)``:
+        one call per reported batch."""
+        if not self.enabled or not stored:
             return
-        key, name = self.keys[vertex], self.plan.vertex_name(vertex)
-        self.inputs_of[vertex] = input_entry(name, digest)
-        self.journal.record(key, self.pipeline, name, self.parts[vertex], path, digest,
-                            published, seconds)
+        keys, parts, of, name_of = self.keys, self.parts, self.inputs_of, self.plan.vertex_name
+        records = []
+        for vertex, path, digest, published, seconds in stored:
+            name = name_of(vertex)
+            of[vertex] = input_entry(name, digest)
+            records.append((keys[vertex], name, parts[vertex], path, digest, published,
+                            seconds))
+        self.journal.record_many(self.pipeline, records)
 
     def load(self, value: Any) -> Any:
         if isinstance(value, StoredOutput):

@@ -422,33 +422,42 @@ class Gateway:
                        "attempts": [a for _, a in pairs]})
 
     def _on_done(self, link: Link, message: dict) -> None:
-        done = []
-        for r in message["results"]:
-            vertex = int(r["v"])
-            if not self._current(link, vertex, int(r["attempt"])):
-                continue
-            self.holder[vertex] = link.index
-            self.size[vertex] = nbytes = int(r.get("size", 0))
-            self.allocator.output_size(nbytes)
-            published = r.get("published") or {}
-            if "path" in r:
-                self.durability.record_stored(vertex, r["path"], r["digest"], published,
-                                              float(r["seconds"]))
-                self.stored[vertex] = (str(r["path"]), str(r["digest"]))
-            elif "file" in r:
-                self.stored[vertex] = (str(r["file"]), str(r["digest"]))
-            self.tracker.record_published(vertex, published)
-            seconds = float(r["seconds"])
-            self.result.vertices.set(vertex, "executed", seconds, self.attempt[vertex],
-                                     link.name)
-            self.stragglers.finished(self.template_of[vertex], seconds)
-            if vertex in self.copies:
-                self.result.duplicates_won += 1
-                self._cancel_copies(vertex)
-            done.append(vertex)
+        done: list[int] = []
+        journaled: list[tuple[int, str, str, dict, float]] = []
+        try:
+            for r in message["results"]:
+                self._on_result(link, r, done, journaled)
+        finally:  # the results before a malformed one are stored: journal them
+            self.durability.record_stored_many(journaled)
         self.result.add_channels(message.get("channels") or {})
         if done:
             self._completed(done)
+
+    def _on_result(self, link: Link, r: dict, done: list[int],
+                   journaled: list[tuple[int, str, str, dict, float]]) -> None:
+        """One vertex's result of a done message: into ``done`` when it counts, and
+        into ``journaled`` when its output was stored for the journal."""
+        vertex = int(r["v"])
+        if not self._current(link, vertex, int(r["attempt"])):
+            return
+        self.holder[vertex] = link.index
+        self.size[vertex] = nbytes = int(r.get("size", 0))
+        self.allocator.output_size(nbytes)
+        published = r.get("published") or {}
+        seconds = float(r["seconds"])
+        if "path" in r:
+            path, output_digest = str(r["path"]), str(r["digest"])
+            journaled.append((vertex, path, output_digest, published, seconds))
+            self.stored[vertex] = (path, output_digest)
+        elif "file" in r:
+            self.stored[vertex] = (str(r["file"]), str(r["digest"]))
+        self.tracker.record_published(vertex, published)
+        self.result.vertices.set(vertex, "executed", seconds, self.attempt[vertex], link.name)
+        self.stragglers.finished(self.template_of[vertex], seconds)
+        if vertex in self.copies:
+            self.result.duplicates_won += 1
+            self._cancel_copies(vertex)
+        done.append(vertex)
 
     def _completed(self, vertices: list[int]) -> None:
         self.engine.complete_many(np.asarray(vertices, np.int32))

@@ -25,10 +25,18 @@ from ..compiler.plan import Plan
 from .invoke import on_reload, template_function
 
 
+KEY_BYTES = 20  # BLAKE2b-160: keys and the digests of their parts
+
+
 def digest(data: bytes | str) -> str:
     if isinstance(data, str):
         data = data.encode()
-    return hashlib.blake2b(data, digest_size=20).hexdigest()
+    return hashlib.blake2b(data, digest_size=KEY_BYTES).hexdigest()
+
+
+def _json(text: str) -> str:
+    """``text`` as a JSON string (orjson's text of it)."""
+    return orjson.dumps(text).decode()
 
 
 # one encoder, made once: json.dumps with these options makes one per call
@@ -71,16 +79,17 @@ def function_identity(plan: Plan, vertex: int) -> str:
 
 class KeyMaker:
     """Journal keys of one plan's vertices. The parts that depend only on a vertex's
-    template (function identity, arguments) are computed once per template (the
-    function's identity once per function), and the context digest once per distinct
+    template (function identity, arguments) are computed once per template (once per
+    function for templates without arguments), and the context digest once per distinct
     static context; only the inputs part is per-vertex work."""
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
-        self.functions: dict[tuple[str, str], str] = {}  # (module, function) -> identity
+        # (module, function, True) -> the parts of a template calling it without arguments
+        self.functions: dict[tuple[str, str, bool], tuple[str, str, str]] = {}
         # per template index, its parts once known (a list: a plan may have a template
         # per vertex, and this is looked at for every key)
-        self.by_template: list[tuple[str, str] | None] = [None] * len(plan.templates)
+        self.by_template: list[tuple[str, str, str] | None] = [None] * len(plan.templates)
         self.vertex_template: list[int] = plan.arrays["vertex_template"].tolist()
         self.context_digests: dict[Any, str] = {}
 
@@ -88,12 +97,39 @@ class KeyMaker:
         """The vertex's key, and its parts as JSON text (what the journal records).
         ``inputs`` is :func:`inputs_text` of its parents, ``context`` the digest of its
         facts (:meth:`context_digest`)."""
-        function, arguments = self._template_parts(vertex)
+        function, arguments, _ = self._template_parts(vertex)
         # a vertex's records are its own: two vertices computing the same thing from the
         # same inputs still run (and are recorded) each
         parts = {"function": function, "arguments": arguments, "inputs": digest(inputs),
                  "context": context, "vertex": name}
         return vertex_key(parts), orjson.dumps(parts).decode()
+
+    def keys_of(self, vertices: list[int], parent_inputs: Callable[[int], list[str]],
+                facts_for: Callable[[int], list[Any]], context_key: Callable[[int], Any],
+                keys: dict[int, str], parts: dict[int, str]) -> None:
+        """:meth:`key` of each vertex, into ``keys`` and ``parts``: the same keys and
+        parts, with the per-vertex work written out in one loop (the gateway makes a key
+        for every vertex it dispatches). ``parent_inputs(v)``: the :func:`input_entry`
+        of v's parents, in partition order."""
+        by_template, vertex_template = self.by_template, self.vertex_template
+        contexts, name_of, blake2b = self.context_digests, self.plan.vertex_name, hashlib.blake2b
+        for vertex in vertices:
+            known = by_template[vertex_template[vertex]] or self._template_parts(vertex)
+            function, arguments, function_json = known
+            static = context_key(vertex)
+            context = contexts.get(static) if static is not None else None
+            if context is None:
+                context = self.context_digest(vertex, facts_for, static)
+            inputs = blake2b(";".join(parent_inputs(vertex)).encode(),
+                             digest_size=KEY_BYTES).hexdigest()
+            name = name_of(vertex)
+            # the text vertex_key digests, and the JSON orjson makes of key()'s parts
+            keys[vertex] = blake2b(
+                f"arguments={arguments}|context={context}|function={function}|"
+                f"inputs={inputs}|vertex={name}".encode(), digest_size=KEY_BYTES).hexdigest()
+            parts[vertex] = (f'{{"function":{function_json},"arguments":"{arguments}",'
+                             f'"inputs":"{inputs}","context":"{context}",'
+                             f'"vertex":{_json(name)}}}')
 
     def context_digest(self, vertex: int, facts_for: Callable[[int], list[Any]],
                        context_key: Any) -> str:
@@ -110,26 +146,31 @@ class KeyMaker:
             self.context_digests[context_key] = value
         return value
 
-    def _template_parts(self, vertex: int) -> tuple[str, str]:
+    def _template_parts(self, vertex: int) -> tuple[str, str, str]:
+        """vertex's function and arguments parts, and the function part as JSON."""
         index = self.vertex_template[vertex]
         parts = self.by_template[index]
         if parts is None:
             template = self.plan.templates[index]
-            arguments = template["arguments"]
-            parts = self.by_template[index] = (
-                self._function_of(vertex, template),
-                NO_ARGUMENTS if arguments == [] else digest(canonical(arguments)))
+            if template["kind"] == "combiner":
+                parts = self._parts(function_identity(self.plan, vertex), template)
+            else:
+                # templates calling one function without arguments (as a stage per
+                # vertex does) share all three
+                function = (template["module"], template["function"], template["arguments"] == [])
+                parts = self.functions.get(function)
+                if parts is None:
+                    parts = self._parts(function_identity(self.plan, vertex), template)
+                    if function[2]:
+                        self.functions[function] = parts
+            self.by_template[index] = parts
         return parts
 
-    def _function_of(self, vertex: int, template: dict[str, Any]) -> str:
-        if template["kind"] == "combiner":
-            return function_identity(self.plan, vertex)
-        # templates calling one function (as a stage per vertex does) share its identity
-        function = (template["module"], template["function"])
-        identity = self.functions.get(function)
-        if identity is None:
-            identity = self.functions[function] = function_identity(self.plan, vertex)
-        return identity
+    @staticmethod
+    def _parts(function: str, template: dict[str, Any]) -> tuple[str, str, str]:
+        arguments = template["arguments"]
+        return (function, NO_ARGUMENTS if arguments == [] else digest(canonical(arguments)),
+                _json(function))
 
 
 def input_entry(name: str, output_digest: str) -> str:

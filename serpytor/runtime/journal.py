@@ -126,15 +126,25 @@ class Journal:
                output_digest: str, published: dict[str, Any], seconds: float) -> None:
         """Journal a vertex whose output is stored. ``parts``: the key's parts, as JSON
         text."""
+        self.record_many(pipeline, [(key, vertex, parts, output, output_digest, published,
+                                     seconds)])
+
+    def record_many(self, pipeline: str, records: list[tuple[str, str, str, str, str,
+                                                             dict[str, Any], float]]) -> None:
+        """:meth:`record` of each ``(key, vertex, parts, output, output_digest,
+        published, seconds)``, finished now (the gateway records a reported batch)."""
         # orjson: this runs once per recorded vertex; published facts are JSON data
         # (serpytor.runtime.protocol.json_data_problem), so orjson encodes them all
-        row = (key, pipeline, vertex, parts, output, output_digest,
-               orjson.dumps(published).decode() if published else "{}", seconds,
-               time.time())
+        finished = time.time()
+        rows = [(key, pipeline, vertex, parts, output, output_digest,
+                 orjson.dumps(published).decode() if published else "{}", seconds, finished)
+                for key, vertex, parts, output, output_digest, published, seconds in records]
         if self._writer is None:
             self._writer = _Writer(self)
         with self._lock:  # the writer takes pending whole, under the lock
-            self.pending[key] = row
+            pending = self.pending
+            for row in rows:
+                pending[row[0]] = row
         self._writer.check()
 
     def flush(self) -> None:
