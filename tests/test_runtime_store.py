@@ -22,10 +22,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import serpytor
 from serpytor.runtime.api import load_pipeline
 from serpytor.runtime.context import ContextTracker
-from serpytor.runtime.identity import (KeyMaker, canonical, digest, function_identity,
-                                       input_entry, inputs_text, vertex_key)
+from serpytor.runtime.identity import (NO_ARGUMENTS, KeyMaker, canonical, digest,
+                                       function_identity, input_entry, inputs_text,
+                                       vertex_key)
 from serpytor.runtime.journal import Journal
 from serpytor.runtime.packs import PACK_LIMIT, WRITE_AT, split_name
 from serpytor.runtime.store import OutputError, OutputStore
@@ -357,6 +359,34 @@ def test_a_batch_of_keys_is_the_keys_of_its_vertices(example):
         context = alone.context_digest(v, tracker.facts_for, tracker.static_key(v))
         expected = alone.key(v, ";".join(parents[v]), context, plan.vertex_name(v))
         assert (keys[v], parts[v]) == expected
+    assert len(set(keys.values())) == plan.n_vertices
+
+
+def test_templates_of_one_function_share_only_what_they_share(tmp_path):
+    """Templates calling one function share its identity; their arguments parts differ
+    when their arguments do, and every vertex keeps a key of its own."""
+    text = ("pipeline shared\nuse examples.wordcount as wc\n"
+            "node a = wc.read_lines\nnode b = wc.read_lines\n"
+            "node c = wc.ensure_corpus(path = \"x\")\nnode d = wc.ensure_corpus(path = \"y\")\n"
+            "node e = wc.ensure_corpus(path = \"x\")\nnode f = wc.read_lines\n")
+    path = tmp_path / "shared.spg"
+    path.write_text(text)
+    plan = serpytor.compile(text, str(path))
+    tracker = ContextTracker(plan)
+    keys: dict[int, str] = {}
+    parts: dict[int, str] = {}
+    KeyMaker(plan).keys_of(list(range(plan.n_vertices)), lambda v: [], tracker.facts_for,
+                           tracker.static_key, keys, parts)
+    by_name = {plan.vertex_name(v): json.loads(parts[v]) for v in keys}
+    for name, parts_of in by_name.items():
+        v = plan.index_of(name)
+        assert parts_of["function"] == function_identity(plan, v)
+        assert parts_of["arguments"] == digest(canonical(plan.vertex_template(v)["arguments"]))
+    assert {by_name[n]["function"] for n in "abf"} != {by_name[n]["function"] for n in "cde"}
+    assert len({by_name[n]["function"] for n in "abf"}) == 1
+    assert len({by_name[n]["function"] for n in "cde"}) == 1
+    assert by_name["c"]["arguments"] == by_name["e"]["arguments"] != by_name["d"]["arguments"]
+    assert {by_name[n]["arguments"] for n in "abf"} == {NO_ARGUMENTS}
     assert len(set(keys.values())) == plan.n_vertices
 
 

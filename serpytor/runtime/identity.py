@@ -85,8 +85,7 @@ class KeyMaker:
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
-        # (module, function, True) -> the parts of a template calling it without arguments
-        self.functions: dict[tuple[str, str, bool], tuple[str, str, str]] = {}
+        self.sharing: list[list[int] | None] | None = None  # see _same_function
         # per template index, its parts once known (a list: a plan may have a template
         # per vertex, and this is looked at for every key)
         self.by_template: list[tuple[str, str, str] | None] = [None] * len(plan.templates)
@@ -152,19 +151,28 @@ class KeyMaker:
         parts = self.by_template[index]
         if parts is None:
             template = self.plan.templates[index]
-            if template["kind"] == "combiner":
-                parts = self._parts(function_identity(self.plan, vertex), template)
-            else:
-                # templates calling one function without arguments (as a stage per
-                # vertex does) share all three
-                function = (template["module"], template["function"], template["arguments"] == [])
-                parts = self.functions.get(function)
-                if parts is None:
-                    parts = self._parts(function_identity(self.plan, vertex), template)
-                    if function[2]:
-                        self.functions[function] = parts
-            self.by_template[index] = parts
+            parts = self._parts(function_identity(self.plan, vertex), template)
+            # templates calling one function without arguments (as a stage per vertex
+            # does) share all three: they are known from now on
+            for shared in self._same_function()[index] or (index,):
+                self.by_template[shared] = parts
         return parts
+
+    def _same_function(self) -> list[list[int] | None]:
+        """Per template calling a function without arguments, every template that
+        calls it so (one list per function, shared by its templates), else None;
+        computed once."""
+        if self.sharing is None:
+            groups: dict[tuple[str, str], list[int]] = {}
+            sharing: list[list[int] | None] = []
+            for index, template in enumerate(self.plan.templates):
+                group = None
+                if template["kind"] != "combiner" and template["arguments"] == []:
+                    group = groups.setdefault((template["module"], template["function"]), [])
+                    group.append(index)
+                sharing.append(group)
+            self.sharing = sharing
+        return self.sharing
 
     @staticmethod
     def _parts(function: str, template: dict[str, Any]) -> tuple[str, str, str]:
