@@ -28,6 +28,7 @@ from serpytor.runtime.context import ContextTracker
 from serpytor.runtime.identity import (NO_ARGUMENTS, KeyMaker, canonical, digest,
                                        function_identity, input_entry, inputs_text,
                                        vertex_key)
+from serpytor.runtime import journal as journal_module
 from serpytor.runtime.journal import Journal
 from serpytor.runtime.packs import PACK_LIMIT, WRITE_AT, split_name
 from serpytor.runtime.store import OutputError, OutputStore
@@ -268,24 +269,59 @@ CREATE INDEX vertices_by_name ON vertices (pipeline, vertex, finished);
 """
 
 
-def test_a_journal_with_a_unique_key_column_is_read_and_written(tmp_path):
-    """Journals made before the table lost its unique key keep working."""
+def test_a_batch_losing_records_is_rewritten_with_the_rest(tmp_path, monkeypatch):
+    """Records are stored BATCH_RECORDS to a row; keys recorded again leave their old
+    rows rewritten without them, and every key still finds its latest record, in this
+    journal (whose places moved) and in the next."""
+    monkeypatch.setattr(journal_module, "BATCH_RECORDS", 3)
+    journal = Journal(tmp_path)
+    for i in range(10):
+        record(journal, f"k{i}", output=f"first{i}")
+    journal.flush()
+    assert query(tmp_path, "SELECT count(*) FROM batches")[0][0] == 4
+    again = (1, 3, 4, 5)
+    for i in again:
+        record(journal, f"k{i}", output=f"second{i}")
+    journal.flush()
+    expected = {f"k{i}": f"second{i}" if i in again else f"first{i}" for i in range(10)}
+    assert {k: journal.lookup(k, "pipe").output for k in expected} == expected
+    journal.close()
+    assert sorted(query(tmp_path, "SELECT key, output FROM vertices")) == sorted(expected.items())
+    # k0-k2's row rewritten without k1, k3-k5's deleted, the new records in two rows
+    assert [keys for (keys,) in query(tmp_path, "SELECT keys FROM batches ORDER BY id")] == [
+        "k0\nk2", "k6\nk7\nk8", "k9", "k1\nk3\nk4", "k5"]
+    with Journal(tmp_path) as reopened:
+        assert {k: reopened.lookup(k, "pipe").output for k in expected} == expected
+
+
+def test_a_journal_of_the_record_table_is_converted_and_kept(tmp_path):
+    """Journals of the earlier schema (a row per record, some with a unique key) have
+    their records moved into batches when opened; they keep working."""
     connection = sqlite3.connect(tmp_path / "journal.sqlite3")
     connection.executescript(OLD_SCHEMA)
-    connection.execute("INSERT INTO vertices VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                       ("k", "pipe", "v", '{"vertex": "v"}', "old", "d", "{}", 1.0, 1.0))
+    connection.executemany("INSERT INTO vertices VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", [
+        ("k", "pipe", "v", '{"vertex": "v"}', "old", "d", "{}", 1.0, 1.0),
+        ("k2", "pipe", "w", '{"vertex": "w"}', "old2", "d2", '{"fact": 2}', 2.0, 2.0)])
     connection.commit()
     connection.close()
+    with Journal(tmp_path) as converted:
+        found = converted.lookup("k2", "pipe")
+        assert (found.vertex, found.output, found.parts, found.published) == (
+            "w", "old2", {"vertex": "w"}, {"fact": 2})
+    kinds = dict(query(tmp_path, "SELECT name, type FROM sqlite_master "
+                                 "WHERE name IN ('vertices', 'batches')"))
+    assert kinds == {"vertices": "view", "batches": "table"}
     with Journal(tmp_path) as fresh:  # recorded again without reading first
         record(fresh, "k", output="new")
-    assert rows_of(tmp_path, "k") == 1
+    assert rows_of(tmp_path, "k") == 2  # until the pipeline is next read
     with Journal(tmp_path) as journal:
         assert journal.lookup("k", "pipe").output == "new"
         record(journal, "k", output="newer")
         journal.flush()
         assert journal.lookup("k", "pipe").output == "newer"
         assert journal.latest("pipe", "v").output == "newer"
-    assert rows_of(tmp_path, "k") == 1
+        assert journal.lookup("k2", "pipe").output == "old2"
+    assert rows_of(tmp_path, "k") == 1 and rows_of(tmp_path, "k2") == 1
 
 
 def test_a_failed_commit_is_raised_where_records_are_made(tmp_path):

@@ -1,22 +1,30 @@
 """The durable journal: every finished vertex, in SQLite (WAL), under its key.
 
-Schema (one table, rows in the order they were recorded, indexed by pipeline only)::
+Records are stored a committed batch at a time, one row per batch (a row per record
+costs SQLite more than the rest of journaling a vertex)::
 
-    vertices(key TEXT,               -- serpytor.runtime.identity.vertex_key
-             pipeline TEXT, vertex TEXT,
-             parts TEXT,              -- JSON: the key's parts, for `serpytor explain`
-             output TEXT,             -- path of the stored output, relative to the journal
-             output_digest TEXT,      -- BLAKE2b of the stored output's bytes
-             published TEXT,          -- JSON: context facts the vertex published
-             seconds REAL, finished REAL)
+    batches(id INTEGER PRIMARY KEY AUTOINCREMENT, pipeline TEXT,
+            keys TEXT,     -- the records' keys (serpytor.runtime.identity.vertex_key),
+                           -- one per line, in record order
+            records TEXT)  -- JSON: per record [key, vertex, parts, output,
+                           -- output_digest, published, seconds, finished]
+
+where ``parts`` is the key's parts (for ``serpytor explain``), ``output`` the stored
+output's path relative to the journal, ``output_digest`` its content digest and
+``published`` the context facts the vertex published. The view ``vertices`` shows one
+row per record (key, pipeline, vertex, parts, output, output_digest, published,
+seconds, finished) for queries by hand; journals of the earlier one-row-per-record
+table are converted when opened.
 
 A vertex is recorded only after its output is stored (written to a temporary name,
 then renamed; fsync'd when the run asks for durability), so a record always points to
 a whole output. A record whose output file has gone is ignored. Records are committed
 in small batches: a crash loses at most the last batch's records (those vertices run
-again), never an output a record points to. A key recorded again replaces its earlier
-row; the earlier rows of keys a ``--fresh`` run recorded again are found when the
-pipeline's rows are next read, and removed by the next commit.
+again), never an output a record points to. A key recorded again supersedes its
+earlier record; a batch holding superseded records is rewritten without them (or
+deleted) by the next commit after they are found: at once for keys this journal reads
+or writes, and for the keys a ``--fresh`` run recorded again, when the pipeline's
+records are next read.
 """
 
 from __future__ import annotations
@@ -27,20 +35,28 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import orjson
 
 from ..errors import SerpytorError
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS vertices (
-    key TEXT NOT NULL, pipeline TEXT NOT NULL, vertex TEXT NOT NULL,
-    parts TEXT NOT NULL, output TEXT NOT NULL, output_digest TEXT NOT NULL,
-    published TEXT NOT NULL, seconds REAL NOT NULL, finished REAL NOT NULL
+CREATE TABLE IF NOT EXISTS batches (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, pipeline TEXT NOT NULL,
+    keys TEXT NOT NULL, records TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS vertices_by_pipeline ON vertices (pipeline);
+CREATE INDEX IF NOT EXISTS batches_by_pipeline ON batches (pipeline);
+CREATE VIEW IF NOT EXISTS vertices AS
+SELECT json_extract(r.value, '$[0]') AS key, b.pipeline AS pipeline,
+       json_extract(r.value, '$[1]') AS vertex, json_extract(r.value, '$[2]') AS parts,
+       json_extract(r.value, '$[3]') AS output, json_extract(r.value, '$[4]') AS output_digest,
+       json_extract(r.value, '$[5]') AS published, json_extract(r.value, '$[6]') AS seconds,
+       json_extract(r.value, '$[7]') AS finished
+FROM batches AS b, json_each(b.records) AS r;
 """
+BATCH_RECORDS = 4096  # records per row at most; a record's place is id * BATCH_RECORDS + i
+CACHED_BATCHES = 4    # parsed batches kept for lookups (a re-run reads them in order)
 
 
 class JournalError(SerpytorError):
@@ -79,47 +95,77 @@ class Journal:
         self.path = self.directory / "journal.sqlite3"
         self.db = _connect(self.path, "open")
         try:
+            _convert_record_table(self.db)
             self.db.executescript(SCHEMA)
         except sqlite3.DatabaseError as error:
             raise JournalError(f"cannot open the journal in {self.directory}: {error}") from None
-        self.pending: dict[str, tuple] = {}  # key -> row, recorded since the writer took
-        self.writing: dict[str, tuple] = {}  # key -> row, taken, not yet committed
+        # key -> (key, pipeline, the record's JSON text), recorded since the writer took
+        self.pending: dict[str, tuple[str, str, str]] = {}
+        self.writing: dict[str, tuple[str, str, str]] = {}  # taken, not yet committed
         # runs before each commit: the stored outputs the records point to come first
         self.before_commit: list[Any] = []
-        self.rowids: dict[str, int] = {}  # key -> its latest row, for keys read or written
-        self.loaded: set[str] = set()     # pipelines whose rows were read into rowids
-        self.superseded: list[int] = []   # rows of keys recorded again: deleted next commit
+        # key -> the place of its latest record (id * BATCH_RECORDS + index), for keys
+        # read or written
+        self.places: dict[str, int] = {}
+        self.loaded: set[str] = set()  # pipelines whose keys were read into places
+        self.stale: set[int] = set()   # batches holding superseded records: next commit
+        self.parsed: dict[int, list[list[Any]]] = {}  # a few batches' records, by id
         self._lock = threading.Lock()  # the dictionaries above, and the writer's counts
         self._writer: _Writer | None = None
 
     def lookup(self, key: str, pipeline: str) -> JournalRecord | None:
-        """The record of ``key``. The journal's rows of ``pipeline`` are read once, so a
+        """The record of ``key``. The journal's keys of ``pipeline`` are read once, so a
         key never recorded costs no query."""
-        with self._lock:  # a batch moves from pending to writing to rowids under it
+        with self._lock:  # a batch moves from pending to writing to places under it
             row = self.pending.get(key) or self.writing.get(key)
         if row is not None:
-            return _record(row)
+            return _record_of(row[1], orjson.loads(row[2]))
         self._load(pipeline)
-        rowid = self.rowids.get(key)
-        if rowid is None:
+        place = self.places.get(key)
+        if place is None:
             return None
-        row = self.db.execute("SELECT * FROM vertices WHERE rowid = ?", (rowid,)).fetchone()
-        return _record(row) if row and row[0] == key else None
+        batch, index = divmod(place, BATCH_RECORDS)
+        records = self._records(batch)
+        if records is None or index >= len(records) or records[index][0] != key:
+            return None  # rewritten meanwhile: the vertex runs again
+        return _record_of(pipeline, records[index])
+
+    def _records(self, batch: int) -> list[list[Any]] | None:
+        with self._lock:
+            records = self.parsed.get(batch)
+        if records is not None:
+            return records
+        row = self.db.execute("SELECT records FROM batches WHERE id = ?", (batch,)).fetchone()
+        if row is None:
+            return None
+        records = orjson.loads(row[0])
+        with self._lock:
+            while len(self.parsed) >= CACHED_BATCHES:
+                del self.parsed[next(iter(self.parsed))]
+            self.parsed[batch] = records
+        return records
 
     def _load(self, pipeline: str) -> None:
-        """Read which row holds each key of ``pipeline``: the latest, when a key was
-        recorded more than once (the others are deleted with the next commit)."""
+        """Read where the latest record of each key of ``pipeline`` is (a key recorded
+        more than once leaves its batches stale: rewritten with the next commit)."""
         with self._lock:
             if pipeline in self.loaded:
                 return
-            rows = self.db.execute("SELECT key, rowid FROM vertices WHERE pipeline = ? "
-                                   "ORDER BY rowid", (pipeline,))
-            for key, rowid in rows:
-                # a key this journal wrote before reading may meet its older rows here
-                earlier = self.rowids.get(key)
-                if earlier is not None and earlier != rowid:
-                    self.superseded.append(min(earlier, rowid))
-                self.rowids[key] = max(rowid, earlier or rowid)
+            places, stale = self.places, self.stale
+            rows = self.db.execute("SELECT id, keys FROM batches WHERE pipeline = ? "
+                                   "ORDER BY id", (pipeline,))
+            for batch, keys in rows:
+                place = batch * BATCH_RECORDS
+                for key in keys.split("\n"):
+                    # a key this journal wrote before reading may meet its older records
+                    earlier = places.get(key)
+                    if earlier is not None and earlier != place:
+                        stale.add(min(earlier, place) // BATCH_RECORDS)
+                        place_now = max(earlier, place)
+                    else:
+                        place_now = place
+                    places[key] = place_now
+                    place += 1
             self.loaded.add(pipeline)
 
     def record(self, key: str, pipeline: str, vertex: str, parts: str, output: str,
@@ -132,12 +178,13 @@ class Journal:
     def record_many(self, pipeline: str, records: list[tuple[str, str, str, str, str,
                                                              dict[str, Any], float]]) -> None:
         """:meth:`record` of each ``(key, vertex, parts, output, output_digest,
-        published, seconds)``, finished now (the gateway records a reported batch)."""
+        published, seconds)``, finished now (the gateway records a reported batch).
+        Keys are digests: no line breaks in them."""
         # orjson: this runs once per recorded vertex; published facts are JSON data
         # (serpytor.runtime.protocol.json_data_problem), so orjson encodes them all
-        finished = time.time()
-        rows = [(key, pipeline, vertex, parts, output, output_digest,
-                 orjson.dumps(published).decode() if published else "{}", seconds, finished)
+        finished, fragment, dumps = time.time(), orjson.Fragment, orjson.dumps
+        rows = [(key, pipeline, dumps([key, vertex, fragment(parts), output, output_digest,
+                                       published, seconds, finished]).decode())
                 for key, vertex, parts, output, output_digest, published, seconds in records]
         if self._writer is None:
             self._writer = _Writer(self)
@@ -152,44 +199,64 @@ class Journal:
         if self._writer is not None:
             self._writer.wait_written()
 
-    def _take(self) -> dict[str, tuple]:
+    def _take(self) -> dict[str, tuple[str, str, str]]:
         """The writer's next batch: everything pending (under the lock)."""
         rows, self.pending = self.pending, {}
         self.writing = rows
         return rows
 
-    def _write(self, db: sqlite3.Connection, rows: dict[str, tuple]) -> None:
-        """The writer's commit of ``rows``, after the outputs they point to. The table
-        has no unique key (inserting into an index of random keys would cost more than
-        the row), so a key recorded again has its earlier row deleted here."""
+    def _write(self, db: sqlite3.Connection, rows: dict[str, tuple[str, str, str]]) -> None:
+        """The writer's commit of ``rows``, after the outputs they point to, with the
+        stale batches rewritten: those of keys written again now, and those found."""
         with self._lock:
-            superseded, self.superseded = self.superseded, []
-            rowids = self.rowids
-            earlier = [(rowids[key],) for key in rows if key in rowids]
+            stale, self.stale = self.stale, set()
+            places = self.places
+            stale.update(places[key] // BATCH_RECORDS for key in rows if key in places)
         try:
             for hook in self.before_commit:
                 hook()
             with db:
                 db.execute("BEGIN")
-                db.executemany("DELETE FROM vertices WHERE rowid = ?",
-                               [(rowid,) for rowid in superseded] + earlier)
-                # OR REPLACE: a journal made before has a unique key (and a key never read
-                # here, as in a --fresh run, may be in it)
-                db.executemany("INSERT OR REPLACE INTO vertices VALUES "
-                               "(?, ?, ?, ?, ?, ?, ?, ?, ?)", rows.values())
-                # a row goes after the last one: these rows are the last len(rows)
-                last = db.execute("SELECT max(rowid) FROM vertices").fetchone()[0]
+                written = _insert(db, rows.values())
+                moved = self._rewrite(db, stale, rows)
         except BaseException as error:
             with self._lock:
-                self.superseded[:0] = superseded
+                self.stale |= stale
                 self.writing = {}  # not recorded: lookups must not see them
             if isinstance(error, sqlite3.DatabaseError):
                 raise JournalError(f"cannot write the journal in {self.directory}: "
                                    f"{error}") from None
             raise
         with self._lock:
-            rowids.update(zip(rows, range(last - len(rows) + 1, last + 1)))
+            places.update(written)
+            places.update(moved)
+            for batch in stale:
+                self.parsed.pop(batch, None)
             self.writing = {}
+
+    def _rewrite(self, db: sqlite3.Connection, stale: set[int],
+                 rows: dict[str, tuple[str, str, str]]) -> dict[str, int]:
+        """Rewrite each stale batch with only its current records (delete it when none
+        is); the new places of the records that moved."""
+        moved: dict[str, int] = {}
+        for batch in sorted(stale):
+            row = db.execute("SELECT keys, records FROM batches WHERE id = ?",
+                             (batch,)).fetchone()
+            if row is None:
+                continue
+            keys, first = row[0].split("\n"), batch * BATCH_RECORDS
+            with self._lock:
+                kept = [i for i, key in enumerate(keys)
+                        if key not in rows and self.places.get(key) == first + i]
+            if not kept:
+                db.execute("DELETE FROM batches WHERE id = ?", (batch,))
+            elif len(kept) < len(keys):
+                records = orjson.loads(row[1])
+                db.execute("UPDATE batches SET keys = ?, records = ? WHERE id = ?",
+                           ("\n".join(keys[i] for i in kept),
+                            orjson.dumps([records[i] for i in kept]).decode(), batch))
+                moved.update((keys[i], first + n) for n, i in enumerate(kept))
+        return moved
 
     def latest(self, pipeline: str, vertex: str) -> JournalRecord | None:
         """The most recent record of a vertex (any key), for explanations."""
@@ -210,6 +277,55 @@ class Journal:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _insert(db: sqlite3.Connection, rows: Iterable[tuple[str, str, str]]) -> dict[str, int]:
+    """Insert ``(key, pipeline, record JSON)`` rows as batches (per pipeline, in order,
+    BATCH_RECORDS at most); the places of their keys."""
+    by_pipeline: dict[str, list[tuple[str, str, str]]] = {}
+    for row in rows:
+        by_pipeline.setdefault(row[1], []).append(row)
+    places: dict[str, int] = {}
+    for pipeline, records in by_pipeline.items():
+        for start in range(0, len(records), BATCH_RECORDS):
+            chunk = records[start:start + BATCH_RECORDS]
+            keys = [row[0] for row in chunk]
+            batch = db.execute(
+                "INSERT INTO batches (pipeline, keys, records) VALUES (?, ?, ?)",
+                (pipeline, "\n".join(keys), "[" + ",".join(row[2] for row in chunk) + "]")
+            ).lastrowid
+            places.update(zip(keys, range(batch * BATCH_RECORDS,
+                                          batch * BATCH_RECORDS + len(keys))))
+    return places
+
+
+def _convert_record_table(db: sqlite3.Connection) -> None:
+    """A journal of the earlier schema (a row per record, in table ``vertices``) has its
+    records moved into batches, in their order, once."""
+    if not _is_table(db, "vertices"):
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        if _is_table(db, "vertices"):  # not converted by another process meanwhile
+            db.execute(SCHEMA.split(";")[0])  # the batches table (the script commits)
+            rows = db.execute("SELECT key, pipeline, vertex, parts, output, output_digest, "
+                              "published, seconds, finished FROM vertices ORDER BY rowid")
+            fragment = orjson.Fragment
+            _insert(db, [(key, pipeline, orjson.dumps(
+                [key, vertex, fragment(parts), output, digest, fragment(published), seconds,
+                 finished]).decode())
+                for key, pipeline, vertex, parts, output, digest, published, seconds,
+                finished in rows])
+            db.execute("DROP TABLE vertices")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
+def _is_table(db: sqlite3.Connection, name: str) -> bool:
+    row = db.execute("SELECT type FROM sqlite_master WHERE name = ?", (name,)).fetchone()
+    return row is not None and row[0] == "table"
 
 
 class _Writer:
@@ -291,7 +407,15 @@ def _connect(path: Path, doing: str) -> sqlite3.Connection:
         raise JournalError(f"cannot {doing} the journal in {path.parent}: {error}") from None
 
 
+def _record_of(pipeline: str, record: list[Any]) -> JournalRecord:
+    """A record as the batches hold it (parsed)."""
+    key, vertex, parts, output, output_digest, published, seconds, finished = record
+    return JournalRecord(key, pipeline, vertex, parts, output, output_digest, published,
+                         seconds, finished)
+
+
 def _record(row: tuple) -> JournalRecord:
+    """A row of the ``vertices`` view."""
     key, pipeline, vertex, parts, output, output_digest, published, seconds, finished = row
     return JournalRecord(key, pipeline, vertex, json.loads(parts), output, output_digest,
                          json.loads(published), seconds, finished)
