@@ -30,7 +30,7 @@ from serpytor.runtime.identity import (NO_ARGUMENTS, KeyMaker, canonical, digest
                                        vertex_key)
 from serpytor.runtime import journal as journal_module
 from serpytor.runtime.journal import Journal
-from serpytor.runtime.packs import PACK_LIMIT, WRITE_AT, split_name
+from serpytor.runtime.packs import PACK_LIMIT, WRITE_AT, digest_of, split_name
 from serpytor.runtime.store import OutputError, OutputStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,6 +54,19 @@ def test_a_small_value_is_stored_as_its_pickle(tmp_path, value):
         assert data[:1] == b"\x80" and pickle.loads(data) == value
         assert stored.size == len(data)
         assert store.get(stored.path, stored.digest) == value
+
+
+@pytest.mark.parametrize("value", [7, [1, 2, 3], np.ones(1000)], ids=["int", "list", "frame"])
+def test_a_record_is_named_and_digested_as_the_pack_holds_it(tmp_path, value):
+    """Whichever way a record is put, its path names its place in the pack and its
+    digest is the digest of the bytes there (a child's key is made from that digest)."""
+    with OutputStore(tmp_path) as store:
+        store.put("k0", "v", "something before it")
+        stored = store.put("k", "v", value)
+        store.commit()
+        data = record_of(store, stored.path)
+        assert stored.digest == digest_of(data) and stored.size == len(data)
+        assert split_name(stored.path)[0] == f"outputs/packs/{store.pack.name}"
 
 
 def test_a_value_with_buffers_is_stored_as_a_frame(tmp_path):

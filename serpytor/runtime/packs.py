@@ -72,8 +72,11 @@ def unframe(data: bytes) -> tuple[memoryview, list[memoryview]]:
     return header, [view[o:o + n] for o, n in entries]
 
 
+DIGEST_PREFIX = "blake2b-256:"
+
+
 def digest_of(data: bytes) -> str:
-    return "blake2b-256:" + hashlib.blake2b(data, digest_size=32).hexdigest()
+    return DIGEST_PREFIX + hashlib.blake2b(data, digest_size=32).hexdigest()
 
 
 class OutputPack:
@@ -93,16 +96,17 @@ class OutputPack:
     def path(self) -> Path:
         return self.directory / self.name
 
-    def put(self, key: str, data: bytes) -> str:
-        """Append one output; returns its name, ``NAME#OFFSET+LENGTH``. It is readable
-        once :meth:`commit` has run (outputs are reported or journaled after that)."""
+    def append(self, data: bytes | bytearray) -> int:
+        """Append one output; returns its offset (its name is ``NAME#OFFSET+LENGTH``).
+        It is readable once :meth:`commit` has run (outputs are reported or journaled
+        after that)."""
         with self._lock:
             offset = self._size + len(self._pending)
             self._pending += data
             self._dirty = True
             if len(self._pending) >= WRITE_AT:
                 self._write_pending()
-            return f"{self.name}{SEPARATOR}{offset}+{len(data)}"
+            return offset
 
     def commit(self) -> None:
         """Write what was put; make it durable when the job asked for it (otherwise

@@ -17,6 +17,7 @@ output is reused.
 
 from __future__ import annotations
 
+from hashlib import blake2b
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -26,8 +27,8 @@ from .channels import (ChannelDescriptor, ChannelError, ChannelExistsError, EndO
                        FileReader, FileWriter, content_digest, get_serializer)
 from .channels.framing import FrameError
 from .channels.serialize import encoded_size
-from .packs import (PACK_LIMIT, OutputPack, PackError, PackReader, digest_of, record_bytes,
-                    split_name, unframe)
+from .packs import (DIGEST_PREFIX, PACK_LIMIT, PICKLE_START, SEPARATOR, OutputPack, PackError,
+                    PackReader, digest_of, record_bytes, split_name, unframe)
 
 SERIALIZER = get_serializer("pickle")
 STORE_JOB = "journal"  # the job name stamped in stored files; the key says the rest
@@ -59,6 +60,8 @@ class OutputStore:
         self.durable = durable
         self.pack_limit = pack_limit
         self.pack = OutputPack(self.root / "packs", durable) if pack_limit else None
+        # a packed output's path, but for its place (see split_name)
+        self.pack_prefix = f"outputs/packs/{self.pack.name}{SEPARATOR}" if self.pack else ""
         self.packs = PackReader()
 
     def put(self, key: str, vertex: str, value: Any) -> StoredFile:
@@ -68,16 +71,33 @@ class OutputStore:
 
     def put_serialized(self, key: str, vertex: str, header: bytes,
                        buffers: list[Any]) -> StoredFile:
+        """:meth:`put` of a value already serialized (a server keeps the serialization
+        for transfers)."""
+        pack = self.pack
+        if pack is not None and not buffers and header[:1] == PICKLE_START \
+                and len(header) < self.pack_limit:
+            # the usual small output, its pickle its own record: what record_bytes and
+            # the general path below make of it, written out (a server stores every
+            # output the journal records, on its critical path)
+            offset = self._pack_append(pack, header, vertex)
+            size = len(header)
+            return StoredFile(f"{self.pack_prefix}{offset}+{size}",
+                              DIGEST_PREFIX + blake2b(header, digest_size=32).hexdigest(), size)
         size = encoded_size((header, buffers))
-        if self.pack is not None and size < self.pack_limit:
+        if pack is not None and size < self.pack_limit:
             data = record_bytes(header, buffers)
-            try:
-                name = self.pack.put(key, data)
-            except OSError as error:  # a full disk, a read-only store
-                raise OutputError(f"vertex {vertex}: cannot store its output in "
-                                  f"{self.pack.path}: {error.strerror}") from None
-            return StoredFile(f"outputs/packs/{name}", digest_of(data), len(data))
+            offset = self._pack_append(pack, data, vertex)
+            return StoredFile(f"{self.pack_prefix}{offset}+{len(data)}", digest_of(data),
+                              len(data))
         return self._put_file(key, vertex, header, buffers)
+
+    @staticmethod
+    def _pack_append(pack: OutputPack, data: bytes | bytearray, vertex: str) -> int:
+        try:
+            return pack.append(data)
+        except OSError as error:  # a full disk, a read-only store
+            raise OutputError(f"vertex {vertex}: cannot store its output in {pack.path}: "
+                              f"{error.strerror}") from None
 
     def commit(self) -> None:
         """Make what was put so far visible to other processes (call it before the
