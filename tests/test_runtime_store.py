@@ -400,8 +400,9 @@ def test_a_batch_of_keys_is_the_keys_of_its_vertices(example):
     keys: dict[int, str] = {}
     parts: dict[int, str] = {}
     vertices = list(range(plan.n_vertices))[::-1]  # no order is assumed
-    KeyMaker(plan).keys_of(vertices, parents.__getitem__, tracker.facts_for,
-                           tracker.static_key, keys, parts)
+    KeyMaker(plan).keys_of(vertices, plan.vertex_names(vertices),
+                           [";".join(parents[v]) for v in vertices],
+                           tracker.static_keys(vertices), tracker.facts_for, keys, parts)
     alone = KeyMaker(plan)
     assert sorted(keys) == sorted(parts) == sorted(vertices)
     for v in vertices:
@@ -409,6 +410,23 @@ def test_a_batch_of_keys_is_the_keys_of_its_vertices(example):
         expected = alone.key(v, ";".join(parents[v]), context, plan.vertex_name(v))
         assert (keys[v], parts[v]) == expected
     assert len(set(keys.values())) == plan.n_vertices
+
+
+@pytest.mark.parametrize("example", ["wordcount.spg", "average.spg"])
+def test_the_batch_names_and_static_keys_are_each_vertex_s(example):
+    """Plan.vertex_names and ContextTracker.static_keys answer for a batch what
+    vertex_name and static_key answer for each vertex, before and after a fact is
+    published (replicas included: both examples have some)."""
+    plan = load_pipeline(ROOT / "examples" / example)
+    tracker = ContextTracker(plan)
+    vertices = list(range(plan.n_vertices))[::-1]
+    names = plan.vertex_names(vertices)
+    assert names == [plan.vertex_name(v) for v in vertices]
+    assert any("[" in name for name in names)
+    assert tracker.static_keys(vertices) == [tracker.static_key(v) for v in vertices]
+    tracker.record_published(0, {"published": "yes"})
+    keys = tracker.static_keys(vertices)
+    assert keys == [tracker.static_key(v) for v in vertices] and None in keys
 
 
 def test_templates_of_one_function_share_only_what_they_share(tmp_path):
@@ -424,8 +442,9 @@ def test_templates_of_one_function_share_only_what_they_share(tmp_path):
     tracker = ContextTracker(plan)
     keys: dict[int, str] = {}
     parts: dict[int, str] = {}
-    KeyMaker(plan).keys_of(list(range(plan.n_vertices)), lambda v: [], tracker.facts_for,
-                           tracker.static_key, keys, parts)
+    vertices = list(range(plan.n_vertices))
+    KeyMaker(plan).keys_of(vertices, plan.vertex_names(vertices), [""] * len(vertices),
+                           tracker.static_keys(vertices), tracker.facts_for, keys, parts)
     by_name = {plan.vertex_name(v): json.loads(parts[v]) for v in keys}
     for name, parts_of in by_name.items():
         v = plan.index_of(name)
@@ -445,12 +464,12 @@ def test_a_batch_of_keys_sees_published_facts():
     tracker = ContextTracker(plan)
     vertices = list(range(plan.n_vertices))
     before: dict[int, str] = {}
-    KeyMaker(plan).keys_of(vertices, lambda v: [], tracker.facts_for, tracker.static_key,
-                           before, {})
+    KeyMaker(plan).keys_of(vertices, plan.vertex_names(vertices), [""] * len(vertices),
+                           tracker.static_keys(vertices), tracker.facts_for, before, {})
     tracker.record_published(0, {"published": "yes"})
     after: dict[int, str] = {}
-    KeyMaker(plan).keys_of(vertices, lambda v: [], tracker.facts_for, tracker.static_key,
-                           after, {})
+    KeyMaker(plan).keys_of(vertices, plan.vertex_names(vertices), [""] * len(vertices),
+                           tracker.static_keys(vertices), tracker.facts_for, after, {})
     reached = {v for v in vertices if tracker.published_reach(v)}
     assert reached and reached != set(vertices)
     assert {v for v in vertices if before[v] != after[v]} == reached

@@ -110,14 +110,26 @@ class Plan:
         raise AttributeError(name)
 
     def vertex_name(self, v: int) -> str:
+        start = self._name_starts()[self.arrays["vertex_template"][v]]
+        if start[-1] != "[":
+            return start
+        return f"{start}{self.arrays['vertex_partition'][v]}]"
+
+    def vertex_names(self, vertices: list[int]) -> list[str]:
+        """:meth:`vertex_name` of each of ``vertices`` (one call for a batch: the
+        journal names every vertex it makes a key for)."""
+        starts = self._name_starts()
+        templates = self.arrays["vertex_template"][vertices].tolist()
+        partitions = self.arrays["vertex_partition"][vertices].tolist()
+        return [start if start[-1] != "[" else f"{start}{partition}]"
+                for start, partition in zip([starts[t] for t in templates], partitions)]
+
+    def _name_starts(self) -> list[str]:
         starts = self.name_starts
         if starts is None:
             starts = self.name_starts = [t["name"] if t["kind"] == "node" else t["name"] + "["
                                          for t in self.templates]
-        start = starts[self.arrays["vertex_template"][v]]
-        if start[-1] != "[":
-            return start
-        return f"{start}{self.arrays['vertex_partition'][v]}]"
+        return starts
 
     @property
     def names(self) -> list[str]:

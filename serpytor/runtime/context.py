@@ -202,10 +202,23 @@ class ContextTracker:
             return None
         return self._static_ids(vertex)
 
+    def static_keys(self, vertices: list[int]) -> list[tuple[int, Any] | None]:
+        """:meth:`static_key` of each of ``vertices`` (one call for a batch)."""
+        if self.any_published:
+            return [self.static_key(vertex) for vertex in vertices]
+        contexts, nodes, reaches = self._ids()
+        return [(contexts[vertex], reaches[nodes[vertex]]) for vertex in vertices]
+
     def _static_ids(self, vertex: int) -> tuple[int, Any]:
         """vertex's context id and its node's reach (hashable): together they fix the
         plan's facts it sees."""
-        if self._vertex_ids is None:  # lists: asked for every task and journaled vertex
+        contexts, nodes, reaches = self._ids()
+        return contexts[vertex], reaches[nodes[vertex]]
+
+    def _ids(self) -> tuple[list[int], list[int], list[Any]]:
+        """Per vertex its context and node, per node its reach, made once (lists: asked
+        for every task and journaled vertex)."""
+        if self._vertex_ids is None:
             arrays = self.plan.arrays
             reach = arrays["node_reach"]
             # a node's reach, hashable: its one word (the usual plan), or its row's bytes
@@ -213,8 +226,7 @@ class ContextTracker:
                 [row.tobytes() for row in reach]
             self._vertex_ids = (arrays["vertex_context"].tolist(),
                                 arrays["vertex_node"].tolist(), reaches)
-        contexts, nodes, reaches = self._vertex_ids
-        return contexts[vertex], reaches[nodes[vertex]]
+        return self._vertex_ids
 
     # -- the context a vertex sees ----------------------------------------------------
     def context_for(self, vertex: int, on_publish=None) -> Context:

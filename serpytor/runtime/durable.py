@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from ..compiler.kinds import VertexFlag
 from ..compiler.plan import Plan
-from .identity import KeyMaker, input_entry
+from .identity import KeyMaker, input_entry, joined_inputs
 from .journal import Journal, JournalRecord
 from .store import OutputStore
 
@@ -80,26 +80,25 @@ class Durability:
     def lookup(self, vertex: int, context_facts: list[Any],
                context_key: Any = None) -> JournalRecord | None:
         """:meth:`lookup_many` of one vertex, whose facts are ``context_facts``."""
-        return self.lookup_many([vertex], lambda _: context_facts, lambda _: context_key)[0]
+        return self.lookup_many([vertex], lambda _: context_facts, lambda _: [context_key])[0]
 
     def lookup_many(self, vertices: list[int], facts_for: Callable[[int], list[Any]],
-                    context_key: Callable[[int], Any]) -> list[JournalRecord | None]:
+                    context_keys: Callable[[list[int]], list[Any]]
+                    ) -> list[JournalRecord | None]:
         """Compute each vertex's key (its parents' outputs are known); per vertex, the
-        journal record to reuse, or None. ``context_key(v)`` names v's static context
-        (:meth:`ContextTracker.static_key`); ``facts_for(v)`` is asked only for a
-        context whose digest is not known yet. One call per dispatched batch: the
-        gateway runs this for every vertex."""
+        journal record to reuse, or None. ``context_keys(vertices)`` names each one's
+        static context (:meth:`ContextTracker.static_keys`); ``facts_for(v)`` is asked
+        only for a context whose digest is not known yet. One call per dispatched batch:
+        the gateway runs this for every vertex."""
         if not self.enabled:
             return [None] * len(vertices)
-        self.key_maker.keys_of(vertices, self._parent_inputs, facts_for, context_key,
-                               self.keys, self.parts)
+        of, ptr, idx = self.inputs_of, self.pred_ptr, self.pred_idx
+        inputs = [joined_inputs([of[p] for p in idx[ptr[v]:ptr[v + 1]]]) for v in vertices]
+        self.key_maker.keys_of(vertices, self.plan.vertex_names(vertices), inputs,
+                               context_keys(vertices), facts_for, self.keys, self.parts)
         if self.fresh:
             return [None] * len(vertices)
         return [self._reusable(vertex) for vertex in vertices]
-
-    def _parent_inputs(self, vertex: int) -> list[str]:
-        of, ptr = self.inputs_of, self.pred_ptr
-        return [of[p] for p in self.pred_idx[ptr[vertex]:ptr[vertex + 1]]]
 
     def _reusable(self, vertex: int) -> JournalRecord | None:
         if self._volatile(vertex):
@@ -136,10 +135,10 @@ class Durability:
         one call per reported batch."""
         if not self.enabled or not stored:
             return
-        keys, parts, of, name_of = self.keys, self.parts, self.inputs_of, self.plan.vertex_name
+        keys, parts, of = self.keys, self.parts, self.inputs_of
         records = []
-        for vertex, path, digest, published, seconds in stored:
-            name = name_of(vertex)
+        names = self.plan.vertex_names([vertex for vertex, *_ in stored])
+        for (vertex, path, digest, published, seconds), name in zip(stored, names):
             of[vertex] = input_entry(name, digest)
             records.append((keys[vertex], name, parts[vertex], path, digest, published,
                             seconds))

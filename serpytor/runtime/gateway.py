@@ -226,7 +226,7 @@ class Gateway:
             return False
         to_place, reused = [], []
         records = self.durability.lookup_many(vertices, self.tracker.facts_for,
-                                              self.tracker.static_key)
+                                              self.tracker.static_keys)
         for vertex, record in zip(vertices, records):
             if record is not None:
                 self._reuse(vertex, record)

@@ -89,7 +89,6 @@ class KeyMaker:
         # per template index, its parts once known (a list: a plan may have a template
         # per vertex, and this is looked at for every key)
         self.by_template: list[tuple[str, str, str] | None] = [None] * len(plan.templates)
-        self.vertex_template: list[int] = plan.arrays["vertex_template"].tolist()
         self.context_digests: dict[Any, str] = {}
 
     def key(self, vertex: int, inputs: str, context: str, name: str) -> tuple[str, str]:
@@ -103,31 +102,31 @@ class KeyMaker:
                  "context": context, "vertex": name}
         return vertex_key(parts), orjson.dumps(parts).decode()
 
-    def keys_of(self, vertices: list[int], parent_inputs: Callable[[int], list[str]],
-                facts_for: Callable[[int], list[Any]], context_key: Callable[[int], Any],
+    def keys_of(self, vertices: list[int], names: list[str], inputs: list[str],
+                context_keys: list[Any], facts_for: Callable[[int], list[Any]],
                 keys: dict[int, str], parts: dict[int, str]) -> None:
         """:meth:`key` of each vertex, into ``keys`` and ``parts``: the same keys and
         parts, with the per-vertex work written out in one loop (the gateway makes a key
-        for every vertex it dispatches). ``parent_inputs(v)``: the :func:`input_entry`
-        of v's parents, in partition order."""
-        by_template, vertex_template = self.by_template, self.vertex_template
-        contexts, name_of, blake2b = self.context_digests, self.plan.vertex_name, hashlib.blake2b
-        for vertex in vertices:
-            known = by_template[vertex_template[vertex]] or self._template_parts(vertex)
-            function, arguments, function_json = known
-            static = context_key(vertex)
+        for every vertex it dispatches). Per vertex, in the order of ``vertices``: its
+        name, its :func:`joined_inputs` and its context key (see :meth:`context_digest`)."""
+        by_template = self.by_template
+        contexts, blake2b = self.context_digests, hashlib.blake2b
+        templates = self.plan.arrays["vertex_template"][vertices].tolist()
+        for vertex, template, name, joined, static in zip(vertices, templates, names, inputs,
+                                                          context_keys):
+            function, arguments, function_json = by_template[template] or \
+                self._template_parts(vertex)
             context = contexts.get(static) if static is not None else None
             if context is None:
                 context = self.context_digest(vertex, facts_for, static)
-            inputs = blake2b(";".join(parent_inputs(vertex)).encode(),
-                             digest_size=KEY_BYTES).hexdigest()
-            name = name_of(vertex)
+            digest_of_inputs = blake2b(joined.encode(), digest_size=KEY_BYTES).hexdigest()
             # the text vertex_key digests, and the JSON orjson makes of key()'s parts
             keys[vertex] = blake2b(
                 f"arguments={arguments}|context={context}|function={function}|"
-                f"inputs={inputs}|vertex={name}".encode(), digest_size=KEY_BYTES).hexdigest()
+                f"inputs={digest_of_inputs}|vertex={name}".encode(),
+                digest_size=KEY_BYTES).hexdigest()
             parts[vertex] = (f'{{"function":{function_json},"arguments":"{arguments}",'
-                             f'"inputs":"{inputs}","context":"{context}",'
+                             f'"inputs":"{digest_of_inputs}","context":"{context}",'
                              f'"vertex":{_json(name)}}}')
 
     def context_digest(self, vertex: int, facts_for: Callable[[int], list[Any]],
@@ -147,7 +146,7 @@ class KeyMaker:
 
     def _template_parts(self, vertex: int) -> tuple[str, str, str]:
         """vertex's function and arguments parts, and the function part as JSON."""
-        index = self.vertex_template[vertex]
+        index = int(self.plan.arrays["vertex_template"][vertex])
         parts = self.by_template[index]
         if parts is None:
             template = self.plan.templates[index]

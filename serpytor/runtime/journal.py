@@ -55,6 +55,9 @@ SELECT json_extract(r.value, '$[0]') AS key, b.pipeline AS pipeline,
        json_extract(r.value, '$[7]') AS finished
 FROM batches AS b, json_each(b.records) AS r;
 """
+# a record as it waits for the writer: (key, pipeline, vertex, parts JSON text, output,
+# output_digest, published, seconds, finished)
+Row = tuple[str, str, str, str, str, str, Any, float, float]
 BATCH_RECORDS = 4096  # records per row at most; a record's place is id * BATCH_RECORDS + i
 CACHED_BATCHES = 4    # parsed batches kept for lookups (a re-run reads them in order)
 
@@ -99,9 +102,9 @@ class Journal:
             self.db.executescript(SCHEMA)
         except sqlite3.DatabaseError as error:
             raise JournalError(f"cannot open the journal in {self.directory}: {error}") from None
-        # key -> (key, pipeline, the record's JSON text), recorded since the writer took
-        self.pending: dict[str, tuple[str, str, str]] = {}
-        self.writing: dict[str, tuple[str, str, str]] = {}  # taken, not yet committed
+        # key -> its Row, recorded since the writer took
+        self.pending: dict[str, Row] = {}
+        self.writing: dict[str, Row] = {}  # taken, not yet committed
         # runs before each commit: the stored outputs the records point to come first
         self.before_commit: list[Any] = []
         # key -> the place of its latest record (id * BATCH_RECORDS + index), for keys
@@ -119,7 +122,10 @@ class Journal:
         with self._lock:  # a batch moves from pending to writing to places under it
             row = self.pending.get(key) or self.writing.get(key)
         if row is not None:
-            return _record_of(row[1], orjson.loads(row[2]))
+            key, pipeline, vertex, parts, output, output_digest, published, seconds, \
+                finished = row
+            return JournalRecord(key, pipeline, vertex, orjson.loads(parts), output,
+                                 output_digest, dict(published), seconds, finished)
         self._load(pipeline)
         place = self.places.get(key)
         if place is None:
@@ -180,11 +186,10 @@ class Journal:
         """:meth:`record` of each ``(key, vertex, parts, output, output_digest,
         published, seconds)``, finished now (the gateway records a reported batch).
         Keys are digests: no line breaks in them."""
-        # orjson: this runs once per recorded vertex; published facts are JSON data
-        # (serpytor.runtime.protocol.json_data_problem), so orjson encodes them all
-        finished, fragment, dumps = time.time(), orjson.Fragment, orjson.dumps
-        rows = [(key, pipeline, dumps([key, vertex, fragment(parts), output, output_digest,
-                                       published, seconds, finished]).decode())
+        # kept as they are: the writer encodes a whole batch at once
+        finished = time.time()
+        rows = [(key, pipeline, vertex, parts, output, output_digest, published, seconds,
+                 finished)
                 for key, vertex, parts, output, output_digest, published, seconds in records]
         if self._writer is None:
             self._writer = _Writer(self)
@@ -199,13 +204,13 @@ class Journal:
         if self._writer is not None:
             self._writer.wait_written()
 
-    def _take(self) -> dict[str, tuple[str, str, str]]:
+    def _take(self) -> dict[str, Row]:
         """The writer's next batch: everything pending (under the lock)."""
         rows, self.pending = self.pending, {}
         self.writing = rows
         return rows
 
-    def _write(self, db: sqlite3.Connection, rows: dict[str, tuple[str, str, str]]) -> None:
+    def _write(self, db: sqlite3.Connection, rows: dict[str, Row]) -> None:
         """The writer's commit of ``rows``, after the outputs they point to, with the
         stale batches rewritten: those of keys written again now, and those found."""
         with self._lock:
@@ -235,7 +240,7 @@ class Journal:
             self.writing = {}
 
     def _rewrite(self, db: sqlite3.Connection, stale: set[int],
-                 rows: dict[str, tuple[str, str, str]]) -> dict[str, int]:
+                 rows: dict[str, Row]) -> dict[str, int]:
         """Rewrite each stale batch with only its current records (delete it when none
         is); the new places of the records that moved."""
         moved: dict[str, int] = {}
@@ -279,10 +284,10 @@ class Journal:
         self.close()
 
 
-def _insert(db: sqlite3.Connection, rows: Iterable[tuple[str, str, str]]) -> dict[str, int]:
-    """Insert ``(key, pipeline, record JSON)`` rows as batches (per pipeline, in order,
-    BATCH_RECORDS at most); the places of their keys."""
-    by_pipeline: dict[str, list[tuple[str, str, str]]] = {}
+def _insert(db: sqlite3.Connection, rows: Iterable[Row]) -> dict[str, int]:
+    """Insert rows as batches (per pipeline, in order, BATCH_RECORDS at most); the
+    places of their keys."""
+    by_pipeline: dict[str, list[Row]] = {}
     for row in rows:
         by_pipeline.setdefault(row[1], []).append(row)
     places: dict[str, int] = {}
@@ -292,11 +297,21 @@ def _insert(db: sqlite3.Connection, rows: Iterable[tuple[str, str, str]]) -> dic
             keys = [row[0] for row in chunk]
             batch = db.execute(
                 "INSERT INTO batches (pipeline, keys, records) VALUES (?, ?, ?)",
-                (pipeline, "\n".join(keys), "[" + ",".join(row[2] for row in chunk) + "]")
+                (pipeline, "\n".join(keys), _records_json(chunk))
             ).lastrowid
             places.update(zip(keys, range(batch * BATCH_RECORDS,
                                           batch * BATCH_RECORDS + len(keys))))
     return places
+
+
+def _records_json(rows: list[Row]) -> str:
+    """The ``records`` of a batch: one orjson call for all of them (published facts
+    are JSON data, serpytor.runtime.protocol.json_data_problem; parts are JSON text)."""
+    fragment = orjson.Fragment
+    return orjson.dumps([[key, vertex, fragment(parts), output, output_digest, published,
+                          seconds, finished]
+                         for key, _, vertex, parts, output, output_digest, published, seconds,
+                         finished in rows]).decode()
 
 
 def _convert_record_table(db: sqlite3.Connection) -> None:
@@ -310,12 +325,10 @@ def _convert_record_table(db: sqlite3.Connection) -> None:
             db.execute(SCHEMA.split(";")[0])  # the batches table (the script commits)
             rows = db.execute("SELECT key, pipeline, vertex, parts, output, output_digest, "
                               "published, seconds, finished FROM vertices ORDER BY rowid")
-            fragment = orjson.Fragment
-            _insert(db, [(key, pipeline, orjson.dumps(
-                [key, vertex, fragment(parts), output, digest, fragment(published), seconds,
-                 finished]).decode())
-                for key, pipeline, vertex, parts, output, digest, published, seconds,
-                finished in rows])
+            _insert(db, [(key, pipeline, vertex, parts, output, digest,
+                          orjson.Fragment(published), seconds, finished)
+                         for key, pipeline, vertex, parts, output, digest, published, seconds,
+                         finished in rows])
             db.execute("DROP TABLE vertices")
         db.execute("COMMIT")
     except BaseException:
