@@ -23,6 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import serpytor
+from serpytor.compiler.plan import SMALL_BATCH
 from serpytor.runtime.api import load_pipeline
 from serpytor.runtime.context import ContextTracker
 from serpytor.runtime.identity import (NO_ARGUMENTS, KeyMaker, canonical, digest,
@@ -423,6 +424,11 @@ def test_the_batch_names_and_static_keys_are_each_vertex_s(example):
     names = plan.vertex_names(vertices)
     assert names == [plan.vertex_name(v) for v in vertices]
     assert any("[" in name for name in names)
+    assert len(vertices) > SMALL_BATCH  # both ways of answering are asked
+    assert [plan.vertex_names([v])[0] for v in vertices] == names
+    templates = plan.arrays["vertex_template"]
+    assert plan.template_indices(vertices) == [int(templates[v]) for v in vertices]
+    assert [plan.template_indices([v])[0] for v in vertices] == plan.template_indices(vertices)
     assert tracker.static_keys(vertices) == [tracker.static_key(v) for v in vertices]
     tracker.record_published(0, {"published": "yes"})
     keys = tracker.static_keys(vertices)

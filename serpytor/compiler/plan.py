@@ -65,6 +65,9 @@ ARRAY_NAMES = (
     "succ_indptr", "succ_indices", "succ_edges", "pred_indptr", "pred_indices", "pred_edges",
     "topo_order",
 )
+# batches up to this size are answered vertex by vertex: gathering from the arrays costs
+# a conversion of the batch to an array first (the inline executor asks one at a time)
+SMALL_BATCH = 8
 _REPLICA = re.compile(r"^(.*)\[(\d+)\]$")
 
 
@@ -118,11 +121,20 @@ class Plan:
     def vertex_names(self, vertices: list[int]) -> list[str]:
         """:meth:`vertex_name` of each of ``vertices`` (one call for a batch: the
         journal names every vertex it makes a key for)."""
+        if len(vertices) <= SMALL_BATCH:
+            return [self.vertex_name(v) for v in vertices]
         starts = self._name_starts()
         templates = self.arrays["vertex_template"][vertices].tolist()
         partitions = self.arrays["vertex_partition"][vertices].tolist()
         return [start if start[-1] != "[" else f"{start}{partition}]"
                 for start, partition in zip([starts[t] for t in templates], partitions)]
+
+    def template_indices(self, vertices: list[int]) -> list[int]:
+        """The index into ``templates`` of each of ``vertices``."""
+        array = self.arrays["vertex_template"]
+        if len(vertices) <= SMALL_BATCH:
+            return [int(array[v]) for v in vertices]
+        return array[vertices].tolist()
 
     def _name_starts(self) -> list[str]:
         starts = self.name_starts

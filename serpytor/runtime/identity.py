@@ -111,7 +111,7 @@ class KeyMaker:
         name, its :func:`joined_inputs` and its context key (see :meth:`context_digest`)."""
         by_template = self.by_template
         contexts, blake2b = self.context_digests, hashlib.blake2b
-        templates = self.plan.arrays["vertex_template"][vertices].tolist()
+        templates = self.plan.template_indices(vertices)
         for vertex, template, name, joined, static in zip(vertices, templates, names, inputs,
                                                           context_keys):
             function, arguments, function_json = by_template[template] or \
