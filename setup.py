@@ -18,6 +18,7 @@ def core_extensions() -> list[Extension]:
         Extension(
             f"serpytor._core.{pyx.stem}",
             [str(pyx)],
+            depends=[str(header) for header in sorted(CORE.glob("*.h"))],
             include_dirs=[numpy.get_include()],
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
             extra_compile_args=["-O3"],

@@ -242,6 +242,29 @@ def bench_placement(rng, figures: dict, ref_vertices: int) -> None:
     figures["placement_speedup"] = round(speedup, 1)
 
 
+# ---- journal keys -----------------------------------------------------------------------
+
+def key_inputs(n: int) -> tuple[list, list, list, list]:
+    """A batch of n vertices as a journaled run of the 100 x 100 benchmark DAG has them:
+    one function, no arguments, one static context, two parents each."""
+    function = "benchmarks.run_tasks:step:" + "5" * 40
+    parts = [(function, "6" * 40, f'"{function}"')] * n
+    inputs = [f"v3_{i % 100}=blake2b-256:{i:064x};v3_{(i + 7) % 100}=blake2b-256:{i + 1:064x}"
+              for i in range(n)]
+    return parts, ["7" * 40] * n, inputs, [f"v4_{i}" for i in range(n)]
+
+
+def bench_keys(figures: dict) -> None:
+    batch = key_inputs(BATCH)
+    kernel, made = timed(KERNEL.journal_keys, *batch, repeat=5)
+    reference, expected = timed(REFERENCE.journal_keys, *batch, repeat=3)
+    assert made == expected
+    say(f"keys     {BATCH:>9,} journal keys: kernel {kernel / BATCH * 1e6:8.2f} us/key, "
+        f"reference {reference / BATCH * 1e6:8.2f} us/key -> {reference / kernel:6.1f}x")
+    figures["journal_key_us"] = round(kernel / BATCH * 1e6, 2)
+    figures["journal_keys_speedup"] = round(reference / kernel, 1)
+
+
 # ---- main -------------------------------------------------------------------------------
 
 
@@ -262,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     bench_context(sizes, rng, figures)
     bench_merge(rng, figures)
     bench_placement(rng, figures, ref_vertices=500 if args.quick else 1000)
+    bench_keys(figures)
     figures["seconds"] = round(time.perf_counter() - started, 1)
     print(json.dumps(figures))
     return 0

@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import orjson
 
+from .. import _core
 from ..compiler.plan import Plan
 from .invoke import on_reload, template_function
 
@@ -106,28 +107,24 @@ class KeyMaker:
                 context_keys: list[Any], facts_for: Callable[[int], list[Any]],
                 keys: dict[int, str], parts: dict[int, str]) -> None:
         """:meth:`key` of each vertex, into ``keys`` and ``parts``: the same keys and
-        parts, with the per-vertex work written out in one loop (the gateway makes a key
-        for every vertex it dispatches). Per vertex, in the order of ``vertices``: its
-        name, its :func:`joined_inputs` and its context key (see :meth:`context_digest`)."""
-        by_template = self.by_template
-        contexts, blake2b = self.context_digests, hashlib.blake2b
-        templates = self.plan.template_indices(vertices)
-        for vertex, template, name, joined, static in zip(vertices, templates, names, inputs,
-                                                          context_keys):
-            function, arguments, function_json = by_template[template] or \
-                self._template_parts(vertex)
-            context = contexts.get(static) if static is not None else None
+        parts, the digests made by the ``_core.journal_keys`` kernel for the whole batch
+        (the gateway makes a key for every vertex it dispatches). Per vertex, in the
+        order of ``vertices``: its name, its :func:`joined_inputs` and its context key
+        (see :meth:`context_digest`)."""
+        by_template, contexts = self.by_template, self.context_digests
+        template_parts = [by_template[template] or self._template_parts(vertex)
+                          for vertex, template in zip(vertices,
+                                                      self.plan.template_indices(vertices))]
+        context_digests = [contexts.get(static) if static is not None else None
+                           for static in context_keys]
+        for i, context in enumerate(context_digests):
             if context is None:
-                context = self.context_digest(vertex, facts_for, static)
-            digest_of_inputs = blake2b(joined.encode(), digest_size=KEY_BYTES).hexdigest()
-            # the text vertex_key digests, and the JSON orjson makes of key()'s parts
-            keys[vertex] = blake2b(
-                f"arguments={arguments}|context={context}|function={function}|"
-                f"inputs={digest_of_inputs}|vertex={name}".encode(),
-                digest_size=KEY_BYTES).hexdigest()
-            parts[vertex] = (f'{{"function":{function_json},"arguments":"{arguments}",'
-                             f'"inputs":"{digest_of_inputs}","context":"{context}",'
-                             f'"vertex":{_json(name)}}}')
+                context_digests[i] = self.context_digest(vertices[i], facts_for,
+                                                         context_keys[i])
+        batch_keys, batch_parts = _core.journal_keys(template_parts, context_digests, inputs,
+                                                     names)
+        keys.update(zip(vertices, batch_keys))
+        parts.update(zip(vertices, batch_parts))
 
     def context_digest(self, vertex: int, facts_for: Callable[[int], list[Any]],
                        context_key: Any) -> str:
