@@ -9,6 +9,7 @@ runs needs it (:class:`StoredOutput`).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -63,6 +64,7 @@ class Durability:
         # and those of a large plan set off collections that traverse the whole heap)
         self.keys: dict[int, str] = {}
         self.parts: dict[int, str] = {}
+        self.names: dict[int, str] = {}  # of vertices looked up, until they are recorded
         self.pipeline = plan.pipeline
         self.volatile: list[bool] | None = None  # per vertex, once a lookup needs it
         self.pred_ptr: list[int] = []
@@ -94,8 +96,10 @@ class Durability:
             return [None] * len(vertices)
         of, ptr, idx = self.inputs_of, self.pred_ptr, self.pred_idx
         inputs = [joined_inputs([of[p] for p in idx[ptr[v]:ptr[v + 1]]]) for v in vertices]
-        self.key_maker.keys_of(vertices, self.plan.vertex_names(vertices), inputs,
-                               context_keys(vertices), facts_for, self.keys, self.parts)
+        names = self.plan.vertex_names(vertices)
+        self.key_maker.keys_of(vertices, names, inputs, context_keys(vertices), facts_for,
+                               self.keys, self.parts)
+        self.names.update(zip(vertices, names))
         if self.fresh:
             return [None] * len(vertices)
         return [self._reusable(vertex) for vertex in vertices]
@@ -106,8 +110,13 @@ class Durability:
         record = self.journal.lookup(self.keys[vertex], self.pipeline)
         if record is None or not self.store.exists(record.output):
             return None
-        self.inputs_of[vertex] = input_entry(self.plan.vertex_name(vertex), record.output_digest)
+        self.inputs_of[vertex] = input_entry(self._name(vertex), record.output_digest)
         return record
+
+    def _name(self, vertex: int) -> str:
+        """vertex's name, from the names its lookup kept (taken: it is needed once)."""
+        name = self.names.pop(vertex, None)
+        return name if name is not None else self.plan.vertex_name(vertex)
 
     def _volatile(self, vertex: int) -> bool:
         if self.volatile is None:
@@ -118,7 +127,7 @@ class Durability:
     def record(self, vertex: int, value: Any, published: dict[str, Any], seconds: float) -> None:
         if not self.enabled:
             return
-        key, name = self.keys[vertex], self.plan.vertex_name(vertex)
+        key, name = self.keys[vertex], self._name(vertex)
         stored = self.store.put(key, name, value)
         self.inputs_of[vertex] = input_entry(name, stored.digest)
         self.journal.record(key, self.pipeline, name, self.parts[vertex], stored.path,
@@ -135,14 +144,15 @@ class Durability:
         one call per reported batch."""
         if not self.enabled or not stored:
             return
-        keys, parts, of = self.keys, self.parts, self.inputs_of
-        records = []
-        names = self.plan.vertex_names([vertex for vertex, *_ in stored])
-        for (vertex, path, digest, published, seconds), name in zip(stored, names):
+        keys, parts, of, name_of = self.keys, self.parts, self.inputs_of, self._name
+        pipeline, finished = self.pipeline, time.time()
+        rows = []
+        for vertex, path, digest, published, seconds in stored:
+            name = name_of(vertex)
             of[vertex] = input_entry(name, digest)
-            records.append((keys[vertex], name, parts[vertex], path, digest, published,
-                            seconds))
-        self.journal.record_many(self.pipeline, records)
+            rows.append((keys[vertex], pipeline, name, parts[vertex], path, digest, published,
+                         seconds, finished))
+        self.journal.record_rows(rows)
 
     def load(self, value: Any) -> Any:
         if isinstance(value, StoredOutput):

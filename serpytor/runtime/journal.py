@@ -186,11 +186,15 @@ class Journal:
         """:meth:`record` of each ``(key, vertex, parts, output, output_digest,
         published, seconds)``, finished now (the gateway records a reported batch).
         Keys are digests: no line breaks in them."""
-        # kept as they are: the writer encodes a whole batch at once
         finished = time.time()
-        rows = [(key, pipeline, vertex, parts, output, output_digest, published, seconds,
-                 finished)
-                for key, vertex, parts, output, output_digest, published, seconds in records]
+        self.record_rows([(key, pipeline, vertex, parts, output, output_digest, published,
+                           seconds, finished)
+                          for key, vertex, parts, output, output_digest, published, seconds
+                          in records])
+
+    def record_rows(self, rows: list[Row]) -> None:
+        """:meth:`record_many` of records already made rows (see ``Row``)."""
+        # kept as they are: the writer encodes a whole batch at once
         if self._writer is None:
             self._writer = _Writer(self)
         with self._lock:  # the writer takes pending whole, under the lock
