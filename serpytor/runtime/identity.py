@@ -82,7 +82,8 @@ class KeyMaker:
     """Journal keys of one plan's vertices. The parts that depend only on a vertex's
     template (function identity, arguments) are computed once per template (once per
     function for templates without arguments), and the context digest once per distinct
-    static context; only the inputs part is per-vertex work."""
+    static context; the per-vertex digests (inputs part and key) are made for a batch by
+    the ``_core.journal_keys`` kernel."""
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
