@@ -23,7 +23,8 @@ static const uint64_t SPT_BLAKE2B_IV[8] = {
     0x1f83d9abfb41bd6bULL, 0x5be0cd19137e2179ULL,
 };
 
-static const uint8_t SPT_BLAKE2B_SIGMA[12][16] = {
+/* the message schedule of rounds 0-9; rounds 10 and 11 take rows 0 and 1 again */
+static const uint8_t SPT_BLAKE2B_SIGMA[10][16] = {
     {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},
     {14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3},
     {11, 8, 12, 0, 5, 2, 15, 13, 10, 14, 3, 6, 7, 1, 9, 4},
@@ -34,8 +35,6 @@ static const uint8_t SPT_BLAKE2B_SIGMA[12][16] = {
     {13, 11, 7, 14, 12, 1, 3, 9, 5, 0, 15, 4, 8, 6, 2, 10},
     {6, 15, 14, 9, 11, 3, 0, 8, 12, 2, 13, 7, 1, 4, 10, 5},
     {10, 2, 8, 4, 7, 6, 1, 5, 15, 11, 9, 14, 3, 12, 13, 0},
-    {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},
-    {14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3},
 };
 
 static inline uint64_t spt_rotr64(uint64_t x, unsigned n) {
@@ -61,16 +60,17 @@ static inline uint64_t spt_load64(const uint8_t *p) {
         v[b] = spt_rotr64(v[b] ^ v[c], 63);      \
     } while (0)
 
-#define SPT_ROUND(r)                                                             \
-    do {                                                                         \
-        SPT_G(0, 4, 8, 12, m[SPT_BLAKE2B_SIGMA[r][0]], m[SPT_BLAKE2B_SIGMA[r][1]]);   \
-        SPT_G(1, 5, 9, 13, m[SPT_BLAKE2B_SIGMA[r][2]], m[SPT_BLAKE2B_SIGMA[r][3]]);   \
-        SPT_G(2, 6, 10, 14, m[SPT_BLAKE2B_SIGMA[r][4]], m[SPT_BLAKE2B_SIGMA[r][5]]);  \
-        SPT_G(3, 7, 11, 15, m[SPT_BLAKE2B_SIGMA[r][6]], m[SPT_BLAKE2B_SIGMA[r][7]]);  \
-        SPT_G(0, 5, 10, 15, m[SPT_BLAKE2B_SIGMA[r][8]], m[SPT_BLAKE2B_SIGMA[r][9]]);  \
-        SPT_G(1, 6, 11, 12, m[SPT_BLAKE2B_SIGMA[r][10]], m[SPT_BLAKE2B_SIGMA[r][11]]); \
-        SPT_G(2, 7, 8, 13, m[SPT_BLAKE2B_SIGMA[r][12]], m[SPT_BLAKE2B_SIGMA[r][13]]);  \
-        SPT_G(3, 4, 9, 14, m[SPT_BLAKE2B_SIGMA[r][14]], m[SPT_BLAKE2B_SIGMA[r][15]]);  \
+#define SPT_M(r, k) m[SPT_BLAKE2B_SIGMA[(r) % 10][k]]
+#define SPT_ROUND(r)                                     \
+    do {                                                 \
+        SPT_G(0, 4, 8, 12, SPT_M(r, 0), SPT_M(r, 1));    \
+        SPT_G(1, 5, 9, 13, SPT_M(r, 2), SPT_M(r, 3));    \
+        SPT_G(2, 6, 10, 14, SPT_M(r, 4), SPT_M(r, 5));   \
+        SPT_G(3, 7, 11, 15, SPT_M(r, 6), SPT_M(r, 7));   \
+        SPT_G(0, 5, 10, 15, SPT_M(r, 8), SPT_M(r, 9));   \
+        SPT_G(1, 6, 11, 12, SPT_M(r, 10), SPT_M(r, 11)); \
+        SPT_G(2, 7, 8, 13, SPT_M(r, 12), SPT_M(r, 13));  \
+        SPT_G(3, 4, 9, 14, SPT_M(r, 14), SPT_M(r, 15));  \
     } while (0)
 
 static void spt_blake2b_compress(spt_blake2b *s, int last) {

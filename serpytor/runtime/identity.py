@@ -97,7 +97,8 @@ class KeyMaker:
         """The vertex's key, and its parts as JSON text (what the journal records).
         ``inputs`` is :func:`inputs_text` of its parents, ``context`` the digest of its
         facts (:meth:`context_digest`)."""
-        function, arguments, _ = self._template_parts(vertex)
+        function, arguments, _ = self._template_parts(
+            vertex, int(self.plan.arrays["vertex_template"][vertex]))
         # a vertex's records are its own: two vertices computing the same thing from the
         # same inputs still run (and are recorded) each
         parts = {"function": function, "arguments": arguments, "inputs": digest(inputs),
@@ -113,7 +114,7 @@ class KeyMaker:
         order of ``vertices``: its name, its :func:`joined_inputs` and its context key
         (see :meth:`context_digest`)."""
         by_template, contexts = self.by_template, self.context_digests
-        template_parts = [by_template[template] or self._template_parts(vertex)
+        template_parts = [by_template[template] or self._template_parts(vertex, template)
                           for vertex, template in zip(vertices,
                                                       self.plan.template_indices(vertices))]
         context_digests = [contexts.get(static) if static is not None else None
@@ -142,9 +143,9 @@ class KeyMaker:
             self.context_digests[context_key] = value
         return value
 
-    def _template_parts(self, vertex: int) -> tuple[str, str, str]:
-        """vertex's function and arguments parts, and the function part as JSON."""
-        index = int(self.plan.arrays["vertex_template"][vertex])
+    def _template_parts(self, vertex: int, index: int) -> tuple[str, str, str]:
+        """vertex's function and arguments parts, and the function part as JSON
+        (``index``: its template's)."""
         parts = self.by_template[index]
         if parts is None:
             template = self.plan.templates[index]

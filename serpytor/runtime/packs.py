@@ -72,11 +72,8 @@ def unframe(data: bytes) -> tuple[memoryview, list[memoryview]]:
     return header, [view[o:o + n] for o, n in entries]
 
 
-DIGEST_PREFIX = "blake2b-256:"
-
-
 def digest_of(data: bytes) -> str:
-    return DIGEST_PREFIX + hashlib.blake2b(data, digest_size=32).hexdigest()
+    return "blake2b-256:" + hashlib.blake2b(data, digest_size=32).hexdigest()
 
 
 class OutputPack:

@@ -17,7 +17,6 @@ output is reused.
 
 from __future__ import annotations
 
-from hashlib import blake2b
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -27,8 +26,8 @@ from .channels import (ChannelDescriptor, ChannelError, ChannelExistsError, EndO
                        FileReader, FileWriter, content_digest, get_serializer)
 from .channels.framing import FrameError
 from .channels.serialize import encoded_size
-from .packs import (DIGEST_PREFIX, PACK_LIMIT, PICKLE_START, SEPARATOR, OutputPack, PackError,
-                    PackReader, digest_of, record_bytes, split_name, unframe)
+from .packs import (PACK_LIMIT, SEPARATOR, OutputPack, PackError, PackReader, digest_of,
+                    record_bytes, split_name, unframe)
 
 SERIALIZER = get_serializer("pickle")
 STORE_JOB = "journal"  # the job name stamped in stored files; the key says the rest
@@ -74,15 +73,6 @@ class OutputStore:
         """:meth:`put` of a value already serialized (a server keeps the serialization
         for transfers)."""
         pack = self.pack
-        if pack is not None and not buffers and header[:1] == PICKLE_START \
-                and len(header) < self.pack_limit:
-            # the usual small output, its pickle its own record: what record_bytes and
-            # the general path below make of it, written out (a server stores every
-            # output the journal records, on its critical path)
-            offset = self._pack_append(pack, header, vertex)
-            size = len(header)
-            return StoredFile(f"{self.pack_prefix}{offset}+{size}",
-                              DIGEST_PREFIX + blake2b(header, digest_size=32).hexdigest(), size)
         size = encoded_size((header, buffers))
         if pack is not None and size < self.pack_limit:
             data = record_bytes(header, buffers)
